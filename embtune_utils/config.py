@@ -1,0 +1,154 @@
+"""One place for modes, paths, seeds, device and precision: every notebook and module reads these."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("fast", "default", "full")
+SEED = 42
+BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+OPENAI_MODEL = os.environ.get("EMBTUNE_OPENAI_MODEL", "gpt-4o-mini")
+
+
+class ConfigError(ValueError):
+    """A setting (environment variable or argument) has a value the course cannot use."""
+
+
+@dataclass(frozen=True)
+class ModeSettings:
+    """What one mode changes: how much data each step sees and how hard it works."""
+
+    name: str
+    max_articles: int | None  # None = all 98 COVID-QA articles
+    max_test_queries: int | None  # None = every expert question on the test articles
+    encode_batch_size: int
+
+
+_SETTINGS = {
+    # fast: a slice small enough for CI and live demos; claims are still asserted on real data.
+    "fast": ModeSettings("fast", max_articles=25, max_test_queries=150, encode_batch_size=32),
+    # default: the real CPU course, all articles and all test questions.
+    "default": ModeSettings("default", max_articles=None, max_test_queries=None, encode_batch_size=32),
+    # full: everything, bigger batches, for GPUs.
+    "full": ModeSettings("full", max_articles=None, max_test_queries=None, encode_batch_size=256),
+}
+
+# Chunking and splitting are the same in every mode, so chunk ids and labels never change with it.
+CHUNK_TOKENS = 200  # word pieces per chunk; all-MiniLM-L6-v2 reads at most 256 (with [CLS]/[SEP])
+CHUNK_OVERLAP = 32  # word pieces shared by neighbouring chunks
+SPLIT_FRACTIONS = {"train": 0.6, "dev": 0.1, "test": 0.3}  # by article, never by question
+
+
+def get_mode(value: str | None = None) -> str:
+    """The course mode: `value`, else $EMBTUNE_MODE, else 'default'; anything else is an error."""
+    mode = (value if value is not None else os.environ.get("EMBTUNE_MODE", "default")).strip().lower()
+    if mode not in MODES:
+        raise ConfigError(
+            f"EMBTUNE_MODE={mode!r} is not a mode: use one of {', '.join(MODES)} "
+            "(for example `EMBTUNE_MODE=fast make course`)."
+        )
+    return mode
+
+
+def settings(mode: str | None = None) -> ModeSettings:
+    """The settings of a mode (the current one by default)."""
+    return _SETTINGS[get_mode(mode)]
+
+
+def _looks_like_repo(path: Path) -> bool:
+    return (path / "embtune_utils").is_dir() and (path / "data").is_dir()
+
+
+def repo_root() -> Path:
+    """The course folder: $EMBTUNE_HOME, else the first parent of the cwd or of this package that holds data/."""
+    if home := os.environ.get("EMBTUNE_HOME"):
+        path = Path(home).expanduser().resolve()
+        if not _looks_like_repo(path):
+            raise ConfigError(
+                f"EMBTUNE_HOME={home!r} has no embtune_utils/ and data/: point it at your clone of the course."
+            )
+        return path
+    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
+        for path in (start, *start.parents):
+            if _looks_like_repo(path):
+                return path
+    raise ConfigError(
+        "Cannot find the course folder (one with embtune_utils/ and data/): run from inside your clone, "
+        "or set EMBTUNE_HOME to it."
+    )
+
+
+def data_dir() -> Path:
+    """Shipped data (read-only in spirit: nothing writes here at run time)."""
+    return repo_root() / "data"
+
+
+def artifacts_dir(mode: str | None = None) -> Path:
+    """Where runs write what they build (chunks, embeddings, models), one folder per mode; git ignores it."""
+    path = repo_root() / "artifacts" / get_mode(mode)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir(mode: str | None = None) -> Path:
+    """Measured results (JSON) that the README is built from, one folder per mode."""
+    path = repo_root() / "results" / get_mode(mode)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def set_seed(seed: int = SEED) -> int:
+    """Seed Python, NumPy and torch so that a run can be repeated; returns the seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    import torch
+
+    torch.manual_seed(seed)
+    return seed
+
+
+def detect_device() -> str:
+    """'cuda' when an NVIDIA GPU is usable, 'mps' on Apple silicon, else 'cpu'."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def detect_precision(device: str | None = None) -> str:
+    """'bf16' on CUDA GPUs that support it, 'fp16' on older CUDA GPUs, else 'fp32' (CPU and MPS)."""
+    import torch
+
+    device = device or detect_device()
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def describe() -> dict[str, str]:
+    """Mode, device, precision and library versions, for the top of a notebook or a run record."""
+    import platform
+
+    import sentence_transformers
+    import torch
+    import transformers
+
+    device = detect_device()
+    return {
+        "mode": get_mode(),
+        "device": device,
+        "precision": detect_precision(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence-transformers": sentence_transformers.__version__,
+        "cpu_count": str(os.cpu_count()),
+    }

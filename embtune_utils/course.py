@@ -1,0 +1,121 @@
+"""Run the course's notebooks in order (`make course`) and write the README's timing and results tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from embtune_utils import config
+
+README_TIMES = ("<!-- times:start -->", "<!-- times:end -->")
+README_RESULTS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
+def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, float, str]:
+    """Execute one notebook in place (outputs written back) in `mode`; returns (ok, seconds, error line)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    os.environ["EMBTUNE_MODE"] = mode  # the kernel inherits it
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": path.parent}})
+    start = time.perf_counter()
+    error = ""
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        error = str(err).strip().splitlines()[-1][:200]
+    seconds = time.perf_counter() - start
+    info = config.describe()
+    nb.metadata["embtune"] = {
+        "mode": mode, "wall_s": round(seconds, 1), "ok": not error, "date": date.today().isoformat(),
+        "device": info["device"], "cpu_count": info["cpu_count"], "torch": info["torch"],
+        "sentence-transformers": info["sentence-transformers"],
+    }
+    nbformat.write(nb, path)
+    return not error, seconds, error
+
+
+def run_all(paths: list[Path], mode: str) -> int:
+    """Run notebooks in order, one status line each; returns the number that failed."""
+    failed = 0
+    for path in paths:
+        ok, seconds, error = run_notebook(path, mode)
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {path.name:<36} {seconds:7.1f} s  mode={mode}  {error}", flush=True)
+    return failed
+
+
+def _replace_between(text: str, markers: tuple[str, str], body: str) -> str:
+    start, end = markers
+    if start not in text or end not in text:
+        raise ValueError(f"README lacks the markers {start} … {end}: add them where the table belongs.")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
+
+
+def times_table(paths: list[Path]) -> str:
+    """A Markdown table of each notebook's last recorded run (mode, wall time, hardware, date)."""
+    import nbformat
+
+    rows = ["| notebook | wall time | mode | hardware | date |", "|---|---|---|---|---|"]
+    for path in paths:
+        meta = nbformat.read(path, as_version=4).metadata.get("embtune")
+        if not meta:
+            rows.append(f"| `{path.name}` | not run yet | | | |")
+            continue
+        hardware = f"{meta['device']}, {meta['cpu_count']} cores"
+        rows.append(
+            f"| `{path.name}` | {meta['wall_s'] / 60:.1f} min | {meta['mode']} | {hardware} | {meta['date']} |"
+        )
+    return "\n".join(rows)
+
+
+def results_table(mode: str = "default") -> str:
+    """A Markdown table of the test metrics saved by the notebooks under results/<mode>/."""
+    rows = ["| retriever | NDCG@10 | MRR@10 | Recall@10 | Recall@100 | where measured |", "|---|---|---|---|---|---|"]
+    for path in sorted((config.repo_root() / "results" / mode).glob("*.json")):
+        record = json.loads(path.read_text())
+        m = record["machine"]
+        where = f"{record['name']}, {m['device']} ({m['cpu_count']} cores), {mode} mode, {record['date']}"
+        for name, metrics in record["results"].get("test", {}).items():
+            rows.append(
+                f"| {name} | {metrics['ndcg@10']:.3f} | {metrics['mrr@10']:.3f} | {metrics['recall@10']:.3f} | "
+                f"{metrics['recall@100']:.3f} | {where} |"
+            )
+    return "\n".join(rows)
+
+
+def update_readme(paths: list[Path]) -> None:
+    """Rewrite the README's timing and results tables from the notebooks' metadata and results/."""
+    readme = config.repo_root() / "README.md"
+    text = _replace_between(readme.read_text(), README_TIMES, times_table(paths))
+    readme.write_text(_replace_between(text, README_RESULTS, results_table()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m embtune_utils.course run [NOTEBOOK...]` or `... readme`."""
+    parser = argparse.ArgumentParser(prog="python -m embtune_utils.course", description=__doc__)
+    parser.add_argument("command", choices=["run", "readme"])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--mode", default=None, help="fast, default or full (default: $EMBTUNE_MODE or default)")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.command == "readme":
+        update_readme(paths)
+        return 0
+    mode = config.get_mode(args.mode)
+    failed = run_all(paths, mode)
+    if mode != "fast":  # the README shows real-course runs only
+        update_readme(paths)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Retrieval and its metrics: dense search with FAISS, BM25 with bm25s, and IR metrics from a run and qrels."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embtune_utils import config
+
+# A run: query id → ranked list of (corpus id, score), best first. Qrels: query id → {corpus id: relevance}.
+Run = dict[str, list[tuple[str, float]]]
+Qrels = dict[str, dict[str, int]]
+
+METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@5", "recall@10", "recall@100", "map@100")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def ndcg_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    """Normalised discounted cumulative gain with binary gains, as sentence-transformers computes it."""
+    dcg = sum(1.0 / math.log2(i + 2) for i, doc in enumerate(ranked[:k]) if relevant.get(doc, 0) > 0)
+    n_rel = sum(1 for r in relevant.values() if r > 0)
+    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(n_rel, k)))
+    return dcg / idcg if idcg else 0.0
+
+
+def mrr_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    """1 / rank of the first relevant result within the top k, else 0."""
+    return next((1.0 / (i + 1) for i, doc in enumerate(ranked[:k]) if relevant.get(doc, 0) > 0), 0.0)
+
+
+def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    """Share of the relevant documents found in the top k."""
+    n_rel = sum(1 for r in relevant.values() if r > 0)
+    return sum(1 for doc in ranked[:k] if relevant.get(doc, 0) > 0) / n_rel if n_rel else 0.0
+
+
+def map_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    """Average precision at the ranks of relevant hits in the top k, divided by min(k, number relevant)."""
+    hits, total = 0, 0.0
+    for i, doc in enumerate(ranked[:k]):
+        if relevant.get(doc, 0) > 0:
+            hits += 1
+            total += hits / (i + 1)
+    n_rel = sum(1 for r in relevant.values() if r > 0)
+    return total / min(k, n_rel) if n_rel else 0.0
+
+
+_METRIC_FNS = {"ndcg": ndcg_at_k, "mrr": mrr_at_k, "recall": recall_at_k, "map": map_at_k}
+
+
+def per_query_metrics(run: Run, qrels: Qrels, metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, float]]:
+    """Every metric for every query of `qrels` (a query missing from the run scores 0)."""
+    out = {}
+    for qid, relevant in qrels.items():
+        ranked = [doc for doc, _ in run.get(qid, [])]
+        out[qid] = {}
+        for name in metrics:
+            kind, k = name.split("@")
+            out[qid][name] = _METRIC_FNS[kind](ranked, relevant, int(k))
+    return out
+
+
+def evaluate_run(run: Run, qrels: Qrels, metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
+    """Mean of each metric over the queries of `qrels`."""
+    if not qrels:
+        raise ValueError("No queries with relevance labels to evaluate: check the split's qrels.")
+    per_query = per_query_metrics(run, qrels, metrics)
+    return {name: float(np.mean([m[name] for m in per_query.values()])) for name in metrics}
+
+
+# ---------------------------------------------------------------- dense retrieval (FAISS)
+
+
+def doc_texts(corpus: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Corpus ids and the text that is embedded or indexed for each (the chunk text)."""
+    ids = list(corpus)
+    return ids, [corpus[i]["text"] for i in ids]
+
+
+def encode(model: Any, texts: list[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
+    """Unit-length float32 embeddings, so that inner product = cosine similarity."""
+    batch_size = batch_size or config.settings().encode_batch_size
+    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                       show_progress_bar=show_progress)
+    return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short hash of a model's weights (a sample of every tensor), so caches change when the model does."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        digest.update(name.encode() + str(tuple(param.shape)).encode())
+        digest.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def corpus_embeddings(model: Any, corpus: dict[str, dict[str, Any]], cache: bool = True) -> np.ndarray:
+    """Embeddings of every corpus text, cached under artifacts/embeddings/ by model weights and corpus content."""
+    import hashlib
+
+    doc_ids, texts = doc_texts(corpus)
+    key = hashlib.sha256(json.dumps([doc_ids, texts]).encode()).hexdigest()[:12]
+    path = config.repo_root() / "artifacts" / "embeddings" / f"{model_fingerprint(model)}-{key}.npy"
+    if cache and path.exists():
+        return np.load(path)
+    emb = encode(model, texts)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(path)
+    return emb
+
+
+def flat_index(doc_emb: np.ndarray) -> Any:
+    """An exact inner-product FAISS index over the document embeddings."""
+    import faiss
+
+    index = faiss.IndexFlatIP(doc_emb.shape[1])
+    index.add(doc_emb)
+    return index
+
+
+def search_index(index: Any, doc_ids: list[str], query_ids: list[str], query_emb: np.ndarray, k: int = 100) -> Run:
+    """Top-k documents per query from a FAISS index, as a run."""
+    scores, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, index.ntotal))
+    return {
+        qid: [(doc_ids[j], float(s)) for j, s in zip(row_idx, row_scores) if j >= 0]
+        for qid, row_idx, row_scores in zip(query_ids, idx, scores)
+    }
+
+
+def dense_run(model: Any, corpus: dict[str, dict[str, Any]], queries: dict[str, str], k: int = 100) -> Run:
+    """Embed the corpus (cached) and the queries with `model` and search exactly with FAISS."""
+    doc_ids = list(corpus)
+    index = flat_index(corpus_embeddings(model, corpus))
+    query_ids = list(queries)
+    return search_index(index, doc_ids, query_ids, encode(model, [queries[q] for q in query_ids]), k)
+
+
+# ---------------------------------------------------------------- BM25 (bm25s)
+
+
+def _bm25_tokenize(texts: list[str]) -> Any:
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+
+
+def bm25_index(corpus: dict[str, dict[str, Any]]) -> tuple[Any, list[str]]:
+    """A BM25 index (bm25s, English stop words, Snowball stemming) and the corpus ids in index order."""
+    import bm25s
+
+    doc_ids, texts = doc_texts(corpus)
+    retriever = bm25s.BM25()
+    retriever.index(_bm25_tokenize(texts), show_progress=False)
+    return retriever, doc_ids
+
+
+def bm25_search(index: tuple[Any, list[str]], queries: dict[str, str], k: int = 100) -> Run:
+    """Top-k documents per query from a BM25 index, as a run."""
+    retriever, doc_ids = index
+    query_ids = list(queries)
+    idx, scores = retriever.retrieve(
+        _bm25_tokenize([queries[q] for q in query_ids]), k=min(k, len(doc_ids)), show_progress=False,
+        n_threads=1,
+    )
+    return {
+        qid: [(doc_ids[j], float(s)) for j, s in zip(row_idx, row_scores)]
+        for qid, row_idx, row_scores in zip(query_ids, idx, scores)
+    }
+
+
+def bm25_run(corpus: dict[str, dict[str, Any]], queries: dict[str, str], k: int = 100) -> Run:
+    """Index the corpus with BM25 and search it."""
+    return bm25_search(bm25_index(corpus), queries, k)
+
+
+# ---------------------------------------------------------------- results on disk
+
+
+def save_results(name: str, results: dict[str, Any], mode: str | None = None) -> Path:
+    """Write measured results to results/<mode>/<name>.json with the date and machine, for the README."""
+    record = {"name": name, "date": date.today().isoformat(), "machine": config.describe(), "results": results}
+    path = config.results_dir(mode) / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

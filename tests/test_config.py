@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from embtune_utils import config
+
+
+def test_mode_comes_from_env_and_defaults_to_default(monkeypatch):
+    monkeypatch.delenv("EMBTUNE_MODE", raising=False)
+    assert config.get_mode() == "default"
+    monkeypatch.setenv("EMBTUNE_MODE", " FAST ")
+    assert config.get_mode() == "fast"
+    assert config.settings().name == "fast"
+    assert config.get_mode("full") == "full"
+
+
+def test_fast_mode_is_smaller_than_default():
+    fast, default = config.settings("fast"), config.settings("default")
+    assert fast.max_articles is not None and default.max_articles is None
+    assert fast.max_test_queries is not None and default.max_test_queries is None
+
+
+def test_unknown_mode_names_the_choices(monkeypatch):
+    monkeypatch.setenv("EMBTUNE_MODE", "turbo")
+    with pytest.raises(config.ConfigError, match="'turbo' is not a mode: use one of fast, default, full"):
+        config.get_mode()
+
+
+def test_paths_resolve_to_the_repo_from_any_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("EMBTUNE_HOME", raising=False)
+    root = config.repo_root()
+    monkeypatch.chdir(tmp_path)
+    assert config.repo_root() == root
+    assert config.data_dir() == root / "data"
+    assert config.artifacts_dir("fast") == root / "artifacts" / "fast"
+    monkeypatch.chdir(root / "notebooks")
+    assert config.repo_root() == root
+
+
+def test_bad_embtune_home_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBTUNE_HOME", str(tmp_path))
+    with pytest.raises(config.ConfigError, match="point it at your clone"):
+        config.repo_root()
+
+
+def test_seed_makes_runs_repeatable():
+    config.set_seed(7)
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    config.set_seed(7)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_device_and_precision_on_this_cpu_machine():
+    if torch.cuda.is_available():
+        pytest.skip("this test describes a machine without CUDA")
+    assert config.detect_device() in {"cpu", "mps"}
+    assert config.detect_precision("cpu") == "fp32"
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_precision_follows_the_gpu(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert config.detect_precision("cuda") == expected
+
+
+def test_describe_names_versions_and_hardware():
+    info = config.describe()
+    assert {"mode", "device", "precision", "torch", "sentence-transformers"} <= set(info)

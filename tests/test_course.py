@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from embtune_utils import course
+
+
+def make_notebook(path, source):
+    nbformat.write(new_notebook(cells=[new_code_cell(source)], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}), path)
+    return path
+
+
+def test_run_notebook_writes_outputs_and_timing(tmp_path):
+    path = make_notebook(tmp_path / "01_ok.ipynb", "import os\nprint(os.environ['EMBTUNE_MODE'])")
+    ok, seconds, error = course.run_notebook(path, "fast")
+    nb = nbformat.read(path, as_version=4)
+    assert ok and not error and seconds > 0
+    assert nb.cells[0].outputs[0]["text"].strip() == "fast"
+    assert nb.metadata["embtune"]["mode"] == "fast" and nb.metadata["embtune"]["ok"]
+
+
+def test_failing_notebook_is_reported(tmp_path, capsys):
+    path = make_notebook(tmp_path / "02_bad.ipynb", "assert 1 == 2, 'claim no longer true'")
+    assert course.run_all([path], "fast") == 1
+    line = capsys.readouterr().out
+    assert line.startswith("FAIL 02_bad.ipynb") and "claim no longer true" in line
+
+
+def test_times_table_reads_notebook_metadata(tmp_path):
+    path = make_notebook(tmp_path / "01_x.ipynb", "1")
+    assert "not run yet" in course.times_table([path])
+    course.run_notebook(path, "fast")
+    assert "| `01_x.ipynb` | 0.0 min | fast | cpu" in course.times_table([path])
+
+
+def test_readme_markers_are_required():
+    assert course._replace_between("a <!-- t --> old <!-- /t --> b", ("<!-- t -->", "<!-- /t -->"), "new") == (
+        "a <!-- t -->\nnew\n<!-- /t --> b"
+    )
+    with pytest.raises(ValueError, match="add them"):
+        course._replace_between("no markers", ("<!-- t -->", "<!-- /t -->"), "new")

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
+from embtune_utils import evaluate
+
+
+def test_metrics_by_hand():
+    ranked = ["a", "x", "b", "y"]
+    relevant = {"a": 1, "b": 1, "c": 1}
+    assert evaluate.mrr_at_k(ranked, relevant, 10) == 1.0
+    assert evaluate.mrr_at_k(["x", "y", "b"], relevant, 10) == pytest.approx(1 / 3)
+    assert evaluate.mrr_at_k(["x", "y", "b"], relevant, 2) == 0.0
+    assert evaluate.recall_at_k(ranked, relevant, 1) == pytest.approx(1 / 3)
+    assert evaluate.recall_at_k(ranked, relevant, 3) == pytest.approx(2 / 3)
+    dcg = 1 + 1 / math.log2(4)
+    idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert evaluate.ndcg_at_k(ranked, relevant, 10) == pytest.approx(dcg / idcg)
+    assert evaluate.map_at_k(ranked, relevant, 100) == pytest.approx((1 + 2 / 3) / 3)
+    assert evaluate.ndcg_at_k(["x"], {}, 10) == 0.0
+
+
+def test_evaluate_run_averages_and_counts_missing_queries_as_zero():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    run = {"q1": [("a", 0.9), ("b", 0.1)]}
+    metrics = evaluate.evaluate_run(run, qrels)
+    assert metrics["mrr@10"] == 0.5 and metrics["recall@1"] == 0.5
+    assert set(metrics) == set(evaluate.METRICS)
+    with pytest.raises(ValueError, match="No queries"):
+        evaluate.evaluate_run(run, {})
+
+
+def test_agrees_with_sentence_transformers_evaluator(model, tiny_beir):
+    queries = tiny_beir.split_queries("train") | tiny_beir.split_queries("test")
+    qrels = {**tiny_beir.qrels["train"], **tiny_beir.qrels["test"]}
+    corpus_text = {cid: doc["text"] for cid, doc in tiny_beir.corpus.items()}
+    st = InformationRetrievalEvaluator(
+        queries, corpus_text, {q: set(r) for q, r in qrels.items()}, mrr_at_k=[10], ndcg_at_k=[10],
+        accuracy_at_k=[1], precision_recall_at_k=[1, 5, 10, 100], map_at_k=[100], show_progress_bar=False,
+        batch_size=16,
+    )(model)
+    ours = evaluate.evaluate_run(evaluate.dense_run(model, tiny_beir.corpus, queries), qrels)
+    for name in evaluate.METRICS:
+        kind, k = name.split("@")
+        st_name = f"cosine_{kind}@{k}"
+        assert ours[name] == pytest.approx(st[st_name], abs=1e-6), name
+    assert len(qrels) > 20
+
+
+def test_flat_index_search_is_exact_cosine():
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(50, 8)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = docs[:5] + 0.01
+    run = evaluate.search_index(evaluate.flat_index(docs), [f"d{i}" for i in range(50)], list("abcde"), queries, 3)
+    expected = np.argsort(-(queries @ docs.T), axis=1)[:, :3]
+    assert [[d for d, _ in run[q]] for q in "abcde"] == [[f"d{i}" for i in row] for row in expected]
+
+
+def test_bm25_ranks_keyword_matches_first():
+    corpus = {"a": {"text": "Coronaviruses infect bats and camels."},
+              "b": {"text": "Influenza vaccines are updated yearly."},
+              "c": {"text": "Mother-to-child transmission of HIV."}}
+    run = evaluate.bm25_run(corpus, {"q": "which vaccine is updated every year"}, k=3)
+    assert run["q"][0][0] == "b"  # "vaccine" matches "vaccines" through stemming
+
+
+def test_corpus_embeddings_are_cached(model, tiny_beir, monkeypatch):
+    corpus = dict(list(tiny_beir.corpus.items())[:5])
+    first = evaluate.corpus_embeddings(model, corpus)
+    monkeypatch.setattr(evaluate, "encode", lambda *a, **k: pytest.fail("cache was not used"))
+    assert np.array_equal(evaluate.corpus_embeddings(model, corpus), first)
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
