@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 course: setup
-	$(BIN)/python -m embtune_utils.course run $(NOTEBOOKS)
+	$(BIN)/python -m embtune_utils.course run --fresh $(NOTEBOOKS)
 
 test: setup lint
 	$(BIN)/python -m pytest tests

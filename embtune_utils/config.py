@@ -12,6 +12,7 @@ import numpy as np
 MODES = ("fast", "default", "full")
 SEED = 42
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+GITHUB_REPO = "embtune/embtune"  # where the Colab and Binder badges point
 OPENAI_MODEL = os.environ.get("EMBTUNE_OPENAI_MODEL", "gpt-4o-mini")
 
 
@@ -31,7 +32,7 @@ class ModeSettings:
 
 _SETTINGS = {
     # fast: a slice small enough for CI and live demos; claims are still asserted on real data.
-    "fast": ModeSettings("fast", max_articles=25, max_test_queries=150, encode_batch_size=32),
+    "fast": ModeSettings("fast", max_articles=35, max_test_queries=150, encode_batch_size=32),
     # default: the real CPU course, all articles and all test questions.
     "default": ModeSettings("default", max_articles=None, max_test_queries=None, encode_batch_size=32),
     # full: everything, bigger batches, for GPUs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import date
@@ -34,8 +35,13 @@ def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, fl
     seconds = time.perf_counter() - start
     info = config.describe()
     nb.metadata["embtune"] = {
-        "mode": mode, "wall_s": round(seconds, 1), "ok": not error, "date": date.today().isoformat(),
-        "device": info["device"], "cpu_count": info["cpu_count"], "torch": info["torch"],
+        "mode": mode,
+        "wall_s": round(seconds, 1),
+        "ok": not error,
+        "date": date.today().isoformat(),
+        "device": info["device"],
+        "cpu_count": info["cpu_count"],
+        "torch": info["torch"],
         "sentence-transformers": info["sentence-transformers"],
     }
     nbformat.write(nb, path)
@@ -60,20 +66,30 @@ def _replace_between(text: str, markers: tuple[str, str], body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
+def badges(name: str) -> str:
+    """Colab and Binder badges (Markdown) for one notebook of the course."""
+    colab = f"https://colab.research.google.com/github/{config.GITHUB_REPO}/blob/main/notebooks/{name}"
+    binder = f"https://mybinder.org/v2/gh/{config.GITHUB_REPO}/main?labpath=notebooks%2F{name}"
+    return (
+        f"[![Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab}) "
+        f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder})"
+    )
+
+
 def times_table(paths: list[Path]) -> str:
     """A Markdown table of each notebook's last recorded run (mode, wall time, hardware, date)."""
     import nbformat
 
-    rows = ["| notebook | wall time | mode | hardware | date |", "|---|---|---|---|---|"]
+    rows = ["| notebook | wall time | mode | hardware | date | open |", "|---|---|---|---|---|---|"]
     for path in paths:
         meta = nbformat.read(path, as_version=4).metadata.get("embtune")
+        links = badges(path.name)
         if not meta:
-            rows.append(f"| `{path.name}` | not run yet | | | |")
+            rows.append(f"| `{path.name}` | not run yet | | | | {links} |")
             continue
         hardware = f"{meta['device']}, {meta['cpu_count']} cores"
-        rows.append(
-            f"| `{path.name}` | {meta['wall_s'] / 60:.1f} min | {meta['mode']} | {hardware} | {meta['date']} |"
-        )
+        wall = f"{meta['wall_s'] / 60:.1f} min"
+        rows.append(f"| `{path.name}` | {wall} | {meta['mode']} | {hardware} | {meta['date']} | {links} |")
     return "\n".join(rows)
 
 
@@ -105,12 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "readme"])
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--mode", default=None, help="fast, default or full (default: $EMBTUNE_MODE or default)")
+    parser.add_argument("--fresh", action="store_true", help="delete artifacts/ first, as on a fresh clone")
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.command == "readme":
         update_readme(paths)
         return 0
     mode = config.get_mode(args.mode)
+    if args.fresh:  # timings in the README are those of a fresh clone, with no cached embeddings or models
+        shutil.rmtree(config.repo_root() / "artifacts", ignore_errors=True)
     failed = run_all(paths, mode)
     if mode != "fast":  # the README shows real-course runs only
         update_readme(paths)

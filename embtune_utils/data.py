@@ -73,12 +73,21 @@ def load_covidqa(path: Path | str | None = None) -> list[dict[str, Any]]:
                 answer = qa["answers"][0]
                 start, end, how = _locate_answer(context, answer["text"], answer["answer_start"])
                 questions.append(
-                    {"id": str(qa["id"]), "text": qa["question"].strip(), "answer_start": start,
-                     "answer_end": end, "answer_offset": how}
+                    {
+                        "id": str(qa["id"]),
+                        "text": qa["question"].strip(),
+                        "answer_start": start,
+                        "answer_end": end,
+                        "answer_offset": how,
+                    }
                 )
             articles.append(
-                {"doc_id": str(paragraph["document_id"]), "title": context.split("\n", 1)[0].strip(),
-                 "text": context, "questions": questions}
+                {
+                    "doc_id": str(paragraph["document_id"]),
+                    "title": context.split("\n", 1)[0].strip(),
+                    "text": context,
+                    "questions": questions,
+                }
             )
     if not articles:
         raise DataError(f"{path} holds no articles: expected SQuAD-style JSON with data[].paragraphs[].context.")
@@ -92,9 +101,7 @@ def chunk_spans(text: str, tokenizer: Any, chunk_tokens: int, overlap: int) -> l
     """Character spans of chunks of at most `chunk_tokens` word pieces, `overlap` shared, cut between words."""
     if not 0 <= overlap < chunk_tokens:
         raise DataError(f"overlap={overlap} must be >= 0 and < chunk_tokens={chunk_tokens}: lower the overlap.")
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
-        "offset_mapping"
-    ]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     if not offsets:
         return []
 
@@ -119,7 +126,9 @@ def chunk_spans(text: str, tokenizer: Any, chunk_tokens: int, overlap: int) -> l
 
 
 def chunk_articles(
-    articles: list[dict[str, Any]], tokenizer: Any, chunk_tokens: int = config.CHUNK_TOKENS,
+    articles: list[dict[str, Any]],
+    tokenizer: Any,
+    chunk_tokens: int = config.CHUNK_TOKENS,
     overlap: int = config.CHUNK_OVERLAP,
 ) -> list[dict[str, Any]]:
     """Chunks of every article: id `<doc_id>-<n>`, title, text and character offsets into the article."""
@@ -127,8 +136,14 @@ def chunk_articles(
     for article in articles:
         for n, (start, end) in enumerate(chunk_spans(article["text"], tokenizer, chunk_tokens, overlap)):
             chunks.append(
-                {"chunk_id": f"{article['doc_id']}-{n:03d}", "doc_id": article["doc_id"], "title": article["title"],
-                 "text": article["text"][start:end], "char_start": start, "char_end": end}
+                {
+                    "chunk_id": f"{article['doc_id']}-{n:03d}",
+                    "doc_id": article["doc_id"],
+                    "title": article["title"],
+                    "text": article["text"][start:end],
+                    "char_start": start,
+                    "char_end": end,
+                }
             )
     return chunks
 
@@ -163,9 +178,7 @@ def split_articles(
     random.Random(seed).shuffle(ids)
     n_test = round(fractions["test"] * len(ids))
     n_dev = round(fractions["dev"] * len(ids))
-    return {
-        doc_id: "test" if i < n_test else "dev" if i < n_test + n_dev else "train" for i, doc_id in enumerate(ids)
-    }
+    return {doc_id: "test" if i < n_test else "dev" if i < n_test + n_dev else "train" for i, doc_id in enumerate(ids)}
 
 
 def covidqa_beir(articles: list[dict[str, Any]], tokenizer: Any, seed: int = config.SEED) -> tuple[Beir, dict]:
@@ -174,8 +187,11 @@ def covidqa_beir(articles: list[dict[str, Any]], tokenizer: Any, seed: int = con
     qrels_all, label_stats = label_questions(articles, chunks)
     split_of = split_articles([a["doc_id"] for a in articles], seed=seed)
     corpus = {
-        c["chunk_id"]: {"title": c["title"], "text": c["text"],
-                        "metadata": {"doc_id": c["doc_id"], "char_start": c["char_start"], "char_end": c["char_end"]}}
+        c["chunk_id"]: {
+            "title": c["title"],
+            "text": c["text"],
+            "metadata": {"doc_id": c["doc_id"], "char_start": c["char_start"], "char_end": c["char_end"]},
+        }
         for c in chunks
     }
     queries, query_meta, qrels = {}, {}, {s: {} for s in SPLITS}
@@ -245,9 +261,7 @@ def _unique(rows: list[dict[str, Any]], path: Path) -> None:
     counts = Counter(str(row["_id"]) for row in rows)
     dupes = [i for i, n in counts.items() if n > 1]
     if dupes:
-        raise DataError(
-            f"{path} has {len(dupes)} duplicate _id(s), e.g. {dupes[0]!r}: make every _id unique."
-        )
+        raise DataError(f"{path} has {len(dupes)} duplicate _id(s), e.g. {dupes[0]!r}: make every _id unique.")
 
 
 def read_qrels(path: Path, corpus: dict[str, Any], queries: dict[str, str]) -> dict[str, dict[str, int]]:
@@ -347,8 +361,12 @@ def load_text_folder(folder: Path | str) -> dict[str, dict[str, Any]]:
 
 
 def load_hf_corpus(
-    name: str, split: str = "train", text_column: str = "text", title_column: str | None = "title",
-    id_column: str | None = None, **load_kwargs: Any,
+    name: str,
+    split: str = "train",
+    text_column: str = "text",
+    title_column: str | None = "title",
+    id_column: str | None = None,
+    **load_kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Documents from a Hugging Face dataset (online by name, or a local loader such as 'json' + data_files)."""
     from datasets import load_dataset
@@ -386,8 +404,16 @@ def _fingerprint(*parts: Any) -> str:
 def course_data(tokenizer: Any, mode: str | None = None, rebuild: bool = False) -> Beir:
     """The course's BEIR data for a mode: built once from data/covid-qa (cached), then sliced for fast mode."""
     source = config.data_dir() / "covid-qa" / COVIDQA_FILE
-    key = _fingerprint(BUILD_VERSION, source.stat().st_size, config.CHUNK_TOKENS, config.CHUNK_OVERLAP, config.SPLIT_FRACTIONS,
-                       config.SEED, getattr(tokenizer, "name_or_path", "").rsplit("/", 1)[-1])
+    key = _fingerprint(
+        BUILD_VERSION,
+        source.stat().st_size,
+        config.CHUNK_TOKENS,
+        config.CHUNK_OVERLAP,
+        config.SPLIT_FRACTIONS,
+        config.SEED,
+        type(tokenizer).__name__,
+        len(tokenizer),
+    )
     folder = config.repo_root() / "artifacts" / "beir" / f"covid-qa-{key}"
     if rebuild or not (folder / "stats.json").exists():
         beir, stats = covidqa_beir(load_covidqa(source), tokenizer)

@@ -87,8 +87,9 @@ def doc_texts(corpus: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
 def encode(model: Any, texts: list[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
     """Unit-length float32 embeddings, so that inner product = cosine similarity."""
     batch_size = batch_size or config.settings().encode_batch_size
-    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                       show_progress_bar=show_progress)
+    emb = model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=show_progress
+    )
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
@@ -173,7 +174,9 @@ def bm25_search(index: tuple[Any, list[str]], queries: dict[str, str], k: int = 
     retriever, doc_ids = index
     query_ids = list(queries)
     idx, scores = retriever.retrieve(
-        _bm25_tokenize([queries[q] for q in query_ids]), k=min(k, len(doc_ids)), show_progress=False,
+        _bm25_tokenize([queries[q] for q in query_ids]),
+        k=min(k, len(doc_ids)),
+        show_progress=False,
         n_threads=1,
     )
     return {

@@ -82,4 +82,3 @@ def load_model(name: str = BASE_MODEL, device: str | None = None, verbose: bool 
     if verbose:
         print(f"Loaded {name} from {source} ({path}) on {model.device}")
     return model
-

@@ -8,7 +8,12 @@ from embtune_utils import course
 
 
 def make_notebook(path, source):
-    nbformat.write(new_notebook(cells=[new_code_cell(source)], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}), path)
+    nbformat.write(
+        new_notebook(
+            cells=[new_code_cell(source)], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+        ),
+        path,
+    )
     return path
 
 

@@ -27,7 +27,9 @@ def test_every_repaired_answer_span_holds_the_answer():
     raw = data.read_json(config.data_dir() / "covid-qa" / data.COVIDQA_FILE)
     answers = {
         str(qa["id"]): qa["answers"][0]["text"].strip()
-        for entry in raw["data"] for p in entry["paragraphs"] for qa in p["qas"]
+        for entry in raw["data"]
+        for p in entry["paragraphs"]
+        for qa in p["qas"]
     }
     for article in data.load_covidqa():
         for q in article["questions"]:
@@ -57,12 +59,19 @@ def test_chunking_is_deterministic_and_rejects_bad_overlap(articles, model):
 
 
 def test_labels_mark_the_chunks_that_hold_the_answer():
-    article = {"doc_id": "d", "text": "0123456789" * 3,
-               "questions": [{"id": "in", "answer_start": 2, "answer_end": 5},
-                             {"id": "cross", "answer_start": 8, "answer_end": 12},
-                             {"id": "both", "answer_start": 10, "answer_end": 11}]}
-    chunks = [{"chunk_id": "d-0", "doc_id": "d", "char_start": 0, "char_end": 10},
-              {"chunk_id": "d-1", "doc_id": "d", "char_start": 9, "char_end": 20}]
+    article = {
+        "doc_id": "d",
+        "text": "0123456789" * 3,
+        "questions": [
+            {"id": "in", "answer_start": 2, "answer_end": 5},
+            {"id": "cross", "answer_start": 8, "answer_end": 12},
+            {"id": "both", "answer_start": 10, "answer_end": 11},
+        ],
+    }
+    chunks = [
+        {"chunk_id": "d-0", "doc_id": "d", "char_start": 0, "char_end": 10},
+        {"chunk_id": "d-1", "doc_id": "d", "char_start": 9, "char_end": 20},
+    ]
     qrels, stats = data.label_questions([article], chunks)
     assert qrels == {"in": {"d-0": 1}, "cross": {"d-0": 1, "d-1": 1}, "both": {"d-1": 1}}
     assert stats["answer crosses a chunk boundary"] == 1
@@ -110,13 +119,21 @@ def test_hf_loader_reads_a_local_dataset(tmp_path):
     rows = [{"id": "x", "title": "T", "body": "Some text."}, {"id": "y", "title": "U", "body": "More."}]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     docs = data.load_hf_corpus("json", data_files=str(tmp_path / "d.jsonl"), text_column="body", id_column="id")
-    assert docs == {"x": {"title": "T", "text": "Some text.", "metadata": {}},
-                    "y": {"title": "U", "text": "More.", "metadata": {}}}
+    assert docs == {
+        "x": {"title": "T", "text": "Some text.", "metadata": {}},
+        "y": {"title": "U", "text": "More.", "metadata": {}},
+    }
 
 
 def test_fast_mode_slices_articles_and_test_questions(tiny_beir, monkeypatch):
-    monkeypatch.setattr(config, "_SETTINGS", {**config._SETTINGS,
-                        "fast": config.ModeSettings("fast", max_articles=2, max_test_queries=3, encode_batch_size=8)})
+    monkeypatch.setattr(
+        config,
+        "_SETTINGS",
+        {
+            **config._SETTINGS,
+            "fast": config.ModeSettings("fast", max_articles=2, max_test_queries=3, encode_batch_size=8),
+        },
+    )
     small = data.slice_for_mode(tiny_beir, "fast")
     assert len({c["metadata"]["doc_id"] for c in small.corpus.values()}) <= 3
     assert len(small.qrels.get("test", {})) <= 3

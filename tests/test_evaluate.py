@@ -39,8 +39,15 @@ def test_agrees_with_sentence_transformers_evaluator(model, tiny_beir):
     qrels = {**tiny_beir.qrels["train"], **tiny_beir.qrels["test"]}
     corpus_text = {cid: doc["text"] for cid, doc in tiny_beir.corpus.items()}
     st = InformationRetrievalEvaluator(
-        queries, corpus_text, {q: set(r) for q, r in qrels.items()}, mrr_at_k=[10], ndcg_at_k=[10],
-        accuracy_at_k=[1], precision_recall_at_k=[1, 5, 10, 100], map_at_k=[100], show_progress_bar=False,
+        queries,
+        corpus_text,
+        {q: set(r) for q, r in qrels.items()},
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1],
+        precision_recall_at_k=[1, 5, 10, 100],
+        map_at_k=[100],
+        show_progress_bar=False,
         batch_size=16,
     )(model)
     ours = evaluate.evaluate_run(evaluate.dense_run(model, tiny_beir.corpus, queries), qrels)
@@ -62,9 +69,11 @@ def test_flat_index_search_is_exact_cosine():
 
 
 def test_bm25_ranks_keyword_matches_first():
-    corpus = {"a": {"text": "Coronaviruses infect bats and camels."},
-              "b": {"text": "Influenza vaccines are updated yearly."},
-              "c": {"text": "Mother-to-child transmission of HIV."}}
+    corpus = {
+        "a": {"text": "Coronaviruses infect bats and camels."},
+        "b": {"text": "Influenza vaccines are updated yearly."},
+        "c": {"text": "Mother-to-child transmission of HIV."},
+    }
     run = evaluate.bm25_run(corpus, {"q": "which vaccine is updated every year"}, k=3)
     assert run["q"][0][0] == "b"  # "vaccine" matches "vaccines" through stemming
 

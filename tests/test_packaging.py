@@ -1,0 +1,43 @@
+"""The Binder environment, the Makefile and CI agree with pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+from embtune_utils import config
+
+ROOT = config.repo_root()
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[=<>!~ \[;]", spec, maxsplit=1)[0].lower()
+
+
+def test_environment_yml_pins_what_pyproject_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ours = project["dependencies"] + project["optional-dependencies"]["offline"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_list = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    binder = {_name(s): s for s in pip_list if not s.startswith("--")}
+    for spec in ours:
+        name = _name(spec)
+        assert name in binder, f"{name} is in pyproject.toml but not in environment.yml"
+        if name != "torch" and "==" in spec:
+            assert binder[name] == spec, f"environment.yml has {binder[name]}, pyproject.toml {spec}"
+    assert binder["torch"].startswith("torch==" + re.search(r"torch==([\d.]+)", (ROOT / "Makefile").read_text())[1])
+
+
+def test_ci_runs_make_test():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^course: setup", makefile, re.M) and re.search(r"^test: setup", makefile, re.M)
+
+
+def test_data_ships_with_its_licence_and_card():
+    assert (ROOT / "data" / "covid-qa" / "LICENSE").read_text().lstrip().startswith("Apache License")
+    card = (ROOT / "data" / "DATA_CARD.md").read_text()
+    for fact in ("Apache License 2.0", "CC BY", "98", "1,380", "fb2eb5e249618457e5359806601086c635c8eb8f"):
+        assert fact in card
