@@ -1,0 +1,447 @@
+"""Synthetic training queries: the prompt, generator backends, a resumable cache, and a cost estimate."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from embtune_utils import config
+
+PROMPT_VERSION = "q3-v1"
+N_QUERIES = 3
+SYSTEM_PROMPT = "You write search queries for a biomedical literature search engine."
+USER_PROMPT = (
+    "Write {n} different questions that a biomedical expert could ask and that the passage below answers. "
+    "Each question must make sense on its own, without the passage. "
+    'Reply with JSON only: {{"queries": ["...", "..."]}}.\n\nPassage:\n{passage}'
+)
+GENERATORS = ("cache", "local", "openai", "openai-batch", "openai-compatible")
+
+
+class GenerationError(RuntimeError):
+    """A generator could not produce queries; the message names the problem and the fix."""
+
+
+def messages_for(passage: str, n: int = N_QUERIES) -> list[dict[str, str]]:
+    """The chat messages that ask for `n` queries about one passage (same for every backend)."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": USER_PROMPT.format(n=n, passage=passage.strip())},
+    ]
+
+
+# ---------------------------------------------------------------- parsing model output
+
+
+def parse_queries(text: str, n: int = N_QUERIES) -> list[str]:
+    """Queries from a model reply: JSON {"queries": [...]} (also inside ``` fences), else one question per line."""
+    text = (text or "").strip()
+    if not text:
+        raise GenerationError("The model returned an empty reply: retry, or use a larger model.")
+    queries: list[str] = []
+    if "{" in text:  # JSON, possibly inside ``` fences, possibly cut off by max_tokens
+        candidate = text[text.index("{") : text.rindex("}") + 1] if "}" in text else ""
+        try:
+            value = json.loads(candidate)
+            queries = [str(q) for q in value.get("queries", [])] if isinstance(value, dict) else []
+        except json.JSONDecodeError:
+            queries = re.findall(r'"([^"]{3,}\?)"', text[text.index("{") :])  # keep the complete questions
+    if not queries:
+        lines = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip() for line in text.splitlines()]
+        queries = [line for line in lines if line.endswith("?")]
+    queries = [re.sub(r"\s+", " ", q).strip().strip('"') for q in queries if q and q.strip()]
+    if not queries:
+        raise GenerationError(f"The model's reply holds no queries ({text[:80]!r}): check the prompt or the model.")
+    return queries[:n]
+
+
+# ---------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True)
+class Generator:
+    """Who generates: backend name, model, and the parameters that change its output."""
+
+    backend: str
+    model: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def key(self, chunk_id: str) -> tuple[str, str, str, str]:
+        """Cache key of one chunk's queries from this generator and the current prompt."""
+        return (chunk_id, self.backend, self.model, PROMPT_VERSION)
+
+
+def read_cache(path: Path) -> list[dict[str, Any]]:
+    """All complete records of a JSONL cache; a torn last line (a crash mid-write) is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn write: the record was never finished
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def cache_keys(records: Iterable[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """The keys present in a list of cache records."""
+    return {(r["chunk_id"], r["generator"], r["model"], r["prompt_version"]) for r in records}
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as one write of one line, flushed to disk, so a crash never leaves half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size and not _ends_with_newline(path):
+            os.write(fd, b"\n")  # seal a torn line left by an earlier crash
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def make_record(chunk_id: str, queries: list[str], generator: Generator, raw: str = "") -> dict[str, Any]:
+    """A cache record with its provenance: generator, model, prompt version, parameters, date."""
+    return {
+        "chunk_id": chunk_id,
+        "queries": queries,
+        "generator": generator.backend,
+        "model": generator.model,
+        "prompt_version": PROMPT_VERSION,
+        "params": dict(generator.params),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "raw": raw,
+    }
+
+
+# ---------------------------------------------------------------- generation loop
+
+
+# A backend takes [(chunk_id, passage)] and yields (chunk_id, queries, raw reply) as each one finishes.
+Backend = Callable[[list[tuple[str, str]]], Iterable[tuple[str, list[str], str]]]
+
+
+def generate(
+    chunks: dict[str, str],
+    backend: Backend,
+    generator: Generator,
+    cache_path: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[str]]:
+    """Queries for every chunk: cached ones are reused, the rest generated and appended one by one (resumable)."""
+    done = cache_keys(read_cache(cache_path))
+    todo = [(cid, text) for cid, text in chunks.items() if generator.key(cid) not in done]
+    for n, (chunk_id, queries, raw) in enumerate(backend(todo), 1):
+        append_record(cache_path, make_record(chunk_id, queries, generator, raw))
+        if progress:
+            progress(n, len(todo))
+    return cached_queries(cache_path, generator, chunks)
+
+
+def cached_queries(cache_path: Path, generator: Generator, chunks: Iterable[str]) -> dict[str, list[str]]:
+    """The cached queries of `generator` for the given chunk ids (latest record wins)."""
+    wanted = set(chunks)
+    out = {}
+    for r in read_cache(cache_path):
+        if r["chunk_id"] in wanted and (r["generator"], r["model"], r["prompt_version"]) == generator.key("")[1:]:
+            out[r["chunk_id"]] = r["queries"]
+    return out
+
+
+# ---------------------------------------------------------------- OpenAI chat (and compatible servers)
+
+
+def _retry_after(err: Exception) -> float | None:
+    response = getattr(err, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _sleep(seconds: float) -> None:
+    """Wait between retries and polls (one place, so tests can skip the waiting)."""
+    time.sleep(seconds)
+
+
+def with_retries(call: Callable[[], Any], max_tries: int = 6, base_s: float = 1.0, max_s: float = 60.0) -> Any:
+    """Run `call`, retrying rate limits, 5xx, timeouts and dropped connections with backoff and jitter."""
+    import openai
+
+    for attempt in range(max_tries):
+        try:
+            return call()
+        except (
+            openai.RateLimitError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+            openai.InternalServerError,
+        ) as err:
+            if attempt == max_tries - 1:
+                raise GenerationError(
+                    f"Gave up after {max_tries} tries ({type(err).__name__}): finished chunks are cached; "
+                    "re-run later to resume, or lower the concurrency."
+                ) from err
+            wait = _retry_after(err) or min(max_s, base_s * 2**attempt)
+            _sleep(wait * (0.5 + random.random()))  # jitter: concurrent workers do not retry in step
+
+
+def chat_backend(
+    client: Any, model: str, concurrency: int = 4, temperature: float = 0.7, max_tokens: int = 256
+) -> Backend:
+    """OpenAI chat completions (JSON output), `concurrency` requests in flight, retried with backoff."""
+
+    def one(chunk_id: str, passage: str) -> tuple[str, list[str], str]:
+        def call() -> Any:
+            return client.chat.completions.create(
+                model=model,
+                messages=messages_for(passage),
+                temperature=temperature,
+                max_tokens=max_tokens,
+                response_format={"type": "json_object"},
+            )
+
+        raw = with_retries(call).choices[0].message.content or ""
+        return chunk_id, parse_queries(raw), raw
+
+    def run(todo: list[tuple[str, str]]) -> Iterable[tuple[str, list[str], str]]:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures = [pool.submit(one, cid, text) for cid, text in todo]
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except GenerationError as err:
+                    if "Gave up" in str(err):
+                        raise
+                    # A reply with no usable queries: skip this chunk (it stays uncached and is retried next run).
+
+    return run
+
+
+# ---------------------------------------------------------------- cost estimate
+
+# USD per 1M tokens, as listed on OpenAI's pricing page in 2025-01 (check the page: prices change). Override
+# by passing your own table. The Batch API is billed at half these prices.
+PRICES_USD_PER_M = {"gpt-4o-mini": {"input": 0.15, "output": 0.60}, "gpt-4o": {"input": 2.50, "output": 10.00}}
+PRICES_DATE = "2025-01"
+BATCH_DISCOUNT = 0.5
+
+
+def estimate_cost(
+    chunks: dict[str, str],
+    model: str = config.OPENAI_MODEL,
+    count_tokens: Callable[[str], int] | None = None,
+    output_tokens_per_chunk: int = 80,
+    prices: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Tokens in and out and the price of generating queries for `chunks`, for chat and for Batch."""
+    prices = prices or PRICES_USD_PER_M
+    if model not in prices:
+        raise GenerationError(
+            f"No price for model {model!r}: pass prices={{{model!r}: {{'input': ..., 'output': ...}}}}."
+        )
+    method = "tokenizer" if count_tokens else "approximation: 1 token per 4 characters"
+    count = count_tokens or (lambda text: max(1, len(text) // 4))
+    overhead = count(SYSTEM_PROMPT + USER_PROMPT) + 8  # chat formatting
+    tokens_in = sum(count(text) + overhead for text in chunks.values())
+    tokens_out = output_tokens_per_chunk * len(chunks)
+    chat = (tokens_in * prices[model]["input"] + tokens_out * prices[model]["output"]) / 1e6
+    return {
+        "model": model,
+        "chunks": len(chunks),
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "token_count": method,
+        "usd_chat": chat,
+        "usd_batch": chat * BATCH_DISCOUNT,
+        "prices_date": PRICES_DATE,
+    }
+
+
+# ---------------------------------------------------------------- OpenAI Batch API
+
+
+def batch_request(chunk_id: str, passage: str, model: str, temperature: float, max_tokens: int) -> dict[str, Any]:
+    """One line of a Batch API input file: a chat completion for one chunk, `custom_id` = chunk id."""
+    body = {
+        "model": model,
+        "messages": messages_for(passage),
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "response_format": {"type": "json_object"},
+    }
+    return {"custom_id": chunk_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def batch_backend(
+    client: Any,
+    model: str,
+    state_dir: Path,
+    poll_s: float = 30.0,
+    temperature: float = 0.7,
+    max_tokens: int = 256,
+    max_rounds: int = 3,
+) -> Backend:
+    """The Batch API: upload requests, create a batch, poll, download, map back by custom_id; failed lines
+    are retried in a new batch. The batch id is kept in `state_dir`, so a restart resumes polling it."""
+    state_path = Path(state_dir) / "batch_state.json"
+
+    def submit(todo: dict[str, str]) -> dict[str, Any]:
+        lines = "".join(json.dumps(batch_request(c, t, model, temperature, max_tokens)) + "\n" for c, t in todo.items())
+        uploaded = with_retries(lambda: client.files.create(file=("requests.jsonl", lines.encode()), purpose="batch"))
+        batch = with_retries(
+            lambda: client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        )
+        state = {"batch_id": batch.id, "chunk_ids": sorted(todo)}
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_path)
+        return state
+
+    def wait(batch_id: str) -> Any:
+        while True:
+            batch = with_retries(lambda: client.batches.retrieve(batch_id))
+            if batch.status in {"completed", "failed", "expired", "cancelled"}:
+                return batch
+            _sleep(poll_s)
+
+    def download(file_id: str | None) -> list[dict[str, Any]]:
+        if not file_id:
+            return []
+        text = with_retries(lambda: client.files.content(file_id)).text
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def run(todo: list[tuple[str, str]]) -> Iterable[tuple[str, list[str], str]]:
+        pending = dict(todo)
+        for _ in range(max_rounds):
+            state = json.loads(state_path.read_text()) if state_path.exists() else None
+            if state is None or not set(state["chunk_ids"]) & set(pending):
+                if not pending:
+                    return
+                state = submit(pending)
+            batch = wait(state["batch_id"])
+            if batch.status != "completed":
+                state_path.unlink(missing_ok=True)
+                raise GenerationError(
+                    f"Batch {batch.id} ended as {batch.status!r}: finished chunks are cached;"
+                    " re-run to submit the rest."
+                )
+            for row in download(batch.output_file_id):
+                chunk_id, response = row.get("custom_id"), row.get("response") or {}
+                if chunk_id not in pending or response.get("status_code") != 200:
+                    continue
+                raw = response["body"]["choices"][0]["message"].get("content") or ""
+                try:
+                    queries = parse_queries(raw)
+                except GenerationError:
+                    continue  # stays pending: retried in the next round
+                del pending[chunk_id]
+                yield chunk_id, queries, raw
+            state_path.unlink(missing_ok=True)  # this batch is fully mapped back; failed lines go to a new batch
+            if not pending:
+                return
+        raise GenerationError(
+            f"{len(pending)} chunk(s) still failed after {max_rounds} batches: re-run to retry only those."
+        )
+
+    return run
+
+
+# ---------------------------------------------------------------- quality control
+# A pair is {"chunk_id": ..., "query": ...}. Each filter returns (kept, dropped); dropped pairs carry "reason".
+
+Pair = dict[str, Any]
+
+
+def to_pairs(queries: dict[str, list[str]]) -> list[Pair]:
+    """Flatten {chunk id: [queries]} into (query, chunk) pairs."""
+    return [{"chunk_id": cid, "query": q} for cid, qs in queries.items() for q in qs]
+
+
+def _split(pairs: list[Pair], drop: list[bool], reason: str) -> tuple[list[Pair], list[Pair]]:
+    kept = [p for p, d in zip(pairs, drop) if not d]
+    dropped = [{**p, "reason": reason} for p, d in zip(pairs, drop) if d]
+    return kept, dropped
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def filter_length(pairs: list[Pair], min_words: int = 4, max_words: int = 40) -> tuple[list[Pair], list[Pair]]:
+    """Drop empty, too short (< min_words) and too long (> max_words) queries."""
+    return _split(pairs, [not min_words <= len(_words(p["query"])) <= max_words for p in pairs], "length")
+
+
+def filter_duplicates(pairs: list[Pair], emb: Any, threshold: float = 0.95) -> tuple[list[Pair], list[Pair]]:
+    """Drop exact (case and spacing ignored) and near (cosine >= threshold) duplicates of an earlier query."""
+    import numpy as np
+
+    seen: set[str] = set()
+    drop = []
+    for i, p in enumerate(pairs):
+        norm = " ".join(_words(p["query"]))
+        near = i > 0 and bool(np.max(emb[:i] @ emb[i]) >= threshold) if len(emb) else False
+        drop.append(norm in seen or near)
+        seen.add(norm)
+    return _split(pairs, drop, "duplicate")
+
+
+def copy_ratio(query: str, passage: str, n: int = 4) -> float:
+    """Share of the query's word n-grams that occur verbatim in the passage (1.0 = a copied sentence)."""
+    q, p = _words(query), _words(passage)
+    grams = {tuple(q[i : i + n]) for i in range(len(q) - n + 1)}
+    if not grams:
+        return 0.0
+    passage_grams = {tuple(p[i : i + n]) for i in range(len(p) - n + 1)}
+    return len(grams & passage_grams) / len(grams)
+
+
+def filter_copies(pairs: list[Pair], chunks: dict[str, str], max_ratio: float = 0.75) -> tuple[list[Pair], list[Pair]]:
+    """Drop queries that copy their chunk (word 4-gram overlap above `max_ratio`): they teach string matching."""
+    return _split(pairs, [copy_ratio(p["query"], chunks[p["chunk_id"]]) > max_ratio for p in pairs], "copies chunk")
+
+
+def filter_leakage(
+    pairs: list[Pair], emb: Any, heldout_emb: Any, threshold: float = 0.9
+) -> tuple[list[Pair], list[Pair]]:
+    """Drop queries that nearly repeat a held-out (dev/test) question: cosine >= threshold."""
+    import numpy as np
+
+    if len(heldout_emb) == 0 or len(emb) == 0:
+        return list(pairs), []
+    closest = np.max(emb @ heldout_emb.T, axis=1)
+    return _split(pairs, list(closest >= threshold), "leaks a held-out question")
+
+
+def filter_round_trip(
+    pairs: list[Pair], run: dict[str, list[tuple[str, float]]], k: int = 20
+) -> tuple[list[Pair], list[Pair]]:
+    """Keep a query only if a retriever ranks its source chunk in the top k (`run` keyed by pair index)."""
+    drop = [p["chunk_id"] not in [d for d, _ in run.get(str(i), [])[:k]] for i, p in enumerate(pairs)]
+    return _split(pairs, drop, f"source chunk not in top {k}")
