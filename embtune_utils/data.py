@@ -424,7 +424,9 @@ def course_data(tokenizer: Any, mode: str | None = None, rebuild: bool = False) 
 
 def course_stats(beir_folder: Path | None = None) -> dict[str, Any]:
     """The statistics written beside the built course data (counts per split, label handling)."""
-    folders = sorted((config.repo_root() / "artifacts" / "beir").glob("covid-qa-*/stats.json"))
+    folders = sorted(
+        (config.repo_root() / "artifacts" / "beir").glob("covid-qa-*/stats.json"), key=lambda p: p.stat().st_mtime
+    )  # the most recent build
     path = beir_folder / "stats.json" if beir_folder else (folders[-1] if folders else None)
     if path is None:
         raise DataError("The course data is not built yet: call course_data(tokenizer) first.")
