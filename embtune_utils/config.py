@@ -28,15 +28,16 @@ class ModeSettings:
     max_articles: int | None  # None = all 98 COVID-QA articles
     max_test_queries: int | None  # None = every expert question on the test articles
     encode_batch_size: int
+    live_chunks: int  # chunks that notebook 02 sends to a live generator (the rest replay the cache)
 
 
 _SETTINGS = {
     # fast: a slice small enough for CI and live demos; claims are still asserted on real data.
-    "fast": ModeSettings("fast", max_articles=35, max_test_queries=150, encode_batch_size=32),
+    "fast": ModeSettings("fast", max_articles=35, max_test_queries=150, encode_batch_size=32, live_chunks=2),
     # default: the real CPU course, all articles and all test questions.
-    "default": ModeSettings("default", max_articles=None, max_test_queries=None, encode_batch_size=32),
+    "default": ModeSettings("default", max_articles=None, max_test_queries=None, encode_batch_size=32, live_chunks=4),
     # full: everything, bigger batches, for GPUs.
-    "full": ModeSettings("full", max_articles=None, max_test_queries=None, encode_batch_size=256),
+    "full": ModeSettings("full", max_articles=None, max_test_queries=None, encode_batch_size=256, live_chunks=64),
 }
 
 # Chunking and splitting are the same in every mode, so chunk ids and labels never change with it.

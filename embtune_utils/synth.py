@@ -582,3 +582,35 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def apply_filters(
+    pairs: list[Pair],
+    chunks: dict[str, str],
+    model: Any,
+    heldout: list[str],
+    corpus: dict[str, dict[str, Any]],
+    round_trip_k: int = 20,
+) -> tuple[list[Pair], list[Pair], dict[str, int]]:
+    """Every filter in order (length, duplicates, copies, leakage, BM25 round trip): kept, dropped, counts."""
+    from embtune_utils import evaluate
+
+    counts = {"generated": len(pairs)}
+    kept, dropped = filter_length(pairs)
+    counts["length"] = len(kept)
+    emb = evaluate.encode(model, [p["query"] for p in kept]) if kept else None
+    kept, out = filter_duplicates(kept, emb) if kept else (kept, [])
+    dropped += out
+    counts["duplicates"] = len(kept)
+    kept, out = filter_copies(kept, chunks)
+    dropped += out
+    counts["copies chunk"] = len(kept)
+    emb = evaluate.encode(model, [p["query"] for p in kept]) if kept else None
+    kept, out = filter_leakage(kept, emb, evaluate.encode(model, heldout)) if kept else (kept, [])
+    dropped += out
+    counts["leakage"] = len(kept)
+    run = evaluate.bm25_run(corpus, {str(i): p["query"] for i, p in enumerate(kept)}, k=round_trip_k)
+    kept, out = filter_round_trip(kept, run, k=round_trip_k)
+    dropped += out
+    counts["round trip"] = len(kept)
+    return kept, dropped, counts

@@ -311,3 +311,20 @@ def test_shipped_cache_says_who_generated_it(model):
     beir = data.course_data(model.tokenizer, mode="default")
     split_of = data.doc_split(beir)
     assert all(split_of[beir.corpus[r["chunk_id"]]["metadata"]["doc_id"]] == "train" for r in records)
+
+
+def test_apply_filters_counts_each_step(model, tiny_beir):
+    chunks = {cid: doc["text"] for cid, doc in tiny_beir.corpus.items()}
+    first, second = list(chunks)[:2]
+    title = tiny_beir.corpus[first]["title"]
+    pairs = [
+        {"chunk_id": first, "query": f"What does the study {title} report?"},
+        {"chunk_id": first, "query": f"What does the study {title} report?"},  # duplicate
+        {"chunk_id": first, "query": "Why?"},  # too short
+        {"chunk_id": second, "query": " ".join(chunks[second].split()[:12]) + "?"},  # copies its chunk
+    ]
+    kept, dropped, counts = synth.apply_filters(pairs, chunks, model, ["How is MERS transmitted?"], tiny_beir.corpus)
+    assert list(counts) == ["generated", "length", "duplicates", "copies chunk", "leakage", "round trip"]
+    assert counts["generated"] == 4 and counts["length"] == 3 and counts["duplicates"] == 2
+    assert counts["copies chunk"] == 1 and len(kept) + len(dropped) == 4
+    assert all(a >= b for a, b in zip(list(counts.values()), list(counts.values())[1:]))
