@@ -598,15 +598,24 @@ def apply_filters(
     counts = {"generated": len(pairs)}
     kept, dropped = filter_length(pairs)
     counts["length"] = len(kept)
-    emb = evaluate.encode(model, [p["query"] for p in kept]) if kept else None
-    kept, out = filter_duplicates(kept, emb) if kept else (kept, [])
+    if not kept:
+        return kept, dropped, {**counts, "duplicates": 0, "copies chunk": 0, "leakage": 0, "round trip": 0}
+    import numpy as np
+
+    texts = [p["query"] for p in kept]
+    row_of = {text: row for row, text in enumerate(texts)}
+    emb = evaluate.encode(model, texts)  # once: later filters select rows of it
+
+    def rows(selected: list[Pair]) -> Any:
+        return emb[np.array([row_of[p["query"]] for p in selected], dtype=int)]
+
+    kept, out = filter_duplicates(kept, emb)
     dropped += out
     counts["duplicates"] = len(kept)
     kept, out = filter_copies(kept, chunks)
     dropped += out
     counts["copies chunk"] = len(kept)
-    emb = evaluate.encode(model, [p["query"] for p in kept]) if kept else None
-    kept, out = filter_leakage(kept, emb, evaluate.encode(model, heldout)) if kept else (kept, [])
+    kept, out = filter_leakage(kept, rows(kept), evaluate.encode(model, heldout)) if kept else (kept, [])
     dropped += out
     counts["leakage"] = len(kept)
     run = evaluate.bm25_run(corpus, {str(i): p["query"] for i, p in enumerate(kept)}, k=round_trip_k)
