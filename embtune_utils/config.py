@@ -29,15 +29,45 @@ class ModeSettings:
     max_test_queries: int | None  # None = every expert question on the test articles
     encode_batch_size: int
     live_chunks: int  # chunks that notebook 02 sends to a live generator (the rest replay the cache)
+    train_batch_size: int  # pairs per training batch (in-batch negatives: batch size - 1 per question)
+    ablation_pairs: int  # training pairs per run in notebook 04's equal-budget loss ablation
+    memory_batch: int  # batch size at which notebook 04 measures MNRL vs cached MNRL memory
 
 
 _SETTINGS = {
     # fast: a slice small enough for CI and live demos; claims are still asserted on real data.
-    "fast": ModeSettings("fast", max_articles=35, max_test_queries=150, encode_batch_size=32, live_chunks=2),
+    "fast": ModeSettings(
+        "fast",
+        max_articles=35,
+        max_test_queries=150,
+        encode_batch_size=32,
+        live_chunks=2,
+        train_batch_size=16,
+        ablation_pairs=64,
+        memory_batch=32,
+    ),
     # default: the real CPU course, all articles and all test questions.
-    "default": ModeSettings("default", max_articles=None, max_test_queries=None, encode_batch_size=32, live_chunks=4),
+    "default": ModeSettings(
+        "default",
+        max_articles=None,
+        max_test_queries=None,
+        encode_batch_size=32,
+        live_chunks=4,
+        train_batch_size=32,
+        ablation_pairs=256,
+        memory_batch=64,
+    ),
     # full: everything, bigger batches, for GPUs.
-    "full": ModeSettings("full", max_articles=None, max_test_queries=None, encode_batch_size=256, live_chunks=64),
+    "full": ModeSettings(
+        "full",
+        max_articles=None,
+        max_test_queries=None,
+        encode_batch_size=256,
+        live_chunks=64,
+        train_batch_size=128,
+        ablation_pairs=2048,
+        memory_batch=256,
+    ),
 }
 
 # Chunking and splitting are the same in every mode, so chunk ids and labels never change with it.

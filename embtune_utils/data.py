@@ -469,3 +469,18 @@ def slice_for_mode(beir: Beir, mode: str | None = None, seed: int = config.SEED)
     queries = {qid: t for qid, t in beir.queries.items() if qid in kept_q}
     meta = {qid: m for qid, m in beir.query_meta.items() if qid in kept_q}
     return Beir(corpus, queries, qrels, meta)
+
+
+def split_corpus(beir: Beir, split: str) -> dict[str, dict[str, Any]]:
+    """The chunks of the articles in one split (train/dev/test)."""
+    split_of = doc_split(beir)
+    return {cid: c for cid, c in beir.corpus.items() if split_of.get(c["metadata"]["doc_id"]) == split}
+
+
+def expert_pairs(beir: Beir, split: str = "train") -> list[dict[str, Any]]:
+    """(query, chunk) pairs from the experts' questions of a split: one per relevant chunk, with the answer text."""
+    return [
+        {"query": beir.queries[qid], "chunk_id": cid, "qid": qid, "answer": beir.query_meta[qid]["answer"]}
+        for qid, rels in beir.qrels.get(split, {}).items()
+        for cid in rels
+    ]

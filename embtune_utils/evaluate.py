@@ -97,7 +97,7 @@ def model_fingerprint(model: Any) -> str:
     """A short hash of a model's weights (a sample of every tensor), so caches change when the model does."""
     import hashlib
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(str(getattr(model, "truncate_dim", None)).encode())  # truncation changes the output
     for name, param in model.named_parameters():
         flat = param.detach().reshape(-1)
         digest.update(name.encode() + str(tuple(param.shape)).encode())
@@ -188,6 +188,18 @@ def bm25_search(index: tuple[Any, list[str]], queries: dict[str, str], k: int = 
 def bm25_run(corpus: dict[str, dict[str, Any]], queries: dict[str, str], k: int = 100) -> Run:
     """Index the corpus with BM25 and search it."""
     return bm25_search(bm25_index(corpus), queries, k)
+
+
+def bootstrap_ci(
+    values: list[float] | np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = config.SEED
+) -> tuple[float, float, float]:
+    """Mean of per-query values and a percentile bootstrap confidence interval (queries resampled with replacement)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError("bootstrap_ci needs at least one per-query value: check that the split has questions.")
+    means = v[np.random.default_rng(seed).integers(0, v.size, (n_resamples, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(v.mean()), float(lo), float(hi)
 
 
 # ---------------------------------------------------------------- results on disk

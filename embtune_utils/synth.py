@@ -623,3 +623,32 @@ def apply_filters(
     dropped += out
     counts["round trip"] = len(kept)
     return kept, dropped, counts
+
+
+# ---------------------------------------------------------------- the course's filtered synthetic pairs
+
+PAIRS_FILE = "synthetic_pairs.jsonl"  # written by notebook 02 under artifacts/<mode>/
+
+
+def course_pairs(beir: Any, model: Any, rebuild: bool = False) -> list[Pair]:
+    """The shipped synthetic queries of the training chunks after every filter: notebook 02's output, or rebuilt."""
+    from embtune_utils import data
+
+    path = config.artifacts_dir() / PAIRS_FILE
+    if path.exists() and not rebuild:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    chunks = {cid: c["text"] for cid, c in data.split_corpus(beir, "train").items()}
+    queries = cached_queries(config.data_dir() / "synthetic" / "queries_smollm2.jsonl", local_generator(), chunks)
+    heldout = [beir.queries[q] for split in ("dev", "test") for q in beir.qrels.get(split, {})]
+    kept, _, _ = apply_filters(to_pairs(queries), chunks, model, heldout, beir.corpus)
+    save_pairs(kept, path)
+    return kept
+
+
+def save_pairs(pairs: list[Pair], path: Path) -> Path:
+    """Write pairs as JSON lines, atomically (a killed run leaves the old file or none, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    tmp.replace(path)
+    return path

@@ -32,3 +32,12 @@ def _fresh_hub_probe():
     models.hub_reachable.cache_clear()
     yield
     models.hub_reachable.cache_clear()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty course folder (EMBTUNE_HOME), so that artifacts written by a test land in tmp_path."""
+    (tmp_path / "embtune_utils").mkdir()
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv("EMBTUNE_HOME", str(tmp_path))
+    return tmp_path

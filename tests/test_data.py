@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -131,7 +132,7 @@ def test_fast_mode_slices_articles_and_test_questions(tiny_beir, monkeypatch):
         "_SETTINGS",
         {
             **config._SETTINGS,
-            "fast": config.ModeSettings("fast", max_articles=2, max_test_queries=3, encode_batch_size=8, live_chunks=1),
+            "fast": dataclasses.replace(config.settings("fast"), max_articles=2, max_test_queries=3),
         },
     )
     small = data.slice_for_mode(tiny_beir, "fast")

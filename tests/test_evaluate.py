@@ -84,3 +84,13 @@ def test_corpus_embeddings_are_cached(model, tiny_beir, monkeypatch):
     monkeypatch.setattr(evaluate, "encode", lambda *a, **k: pytest.fail("cache was not used"))
     assert np.array_equal(evaluate.corpus_embeddings(model, corpus), first)
     assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    assert evaluate.bootstrap_ci([0.5] * 20) == (0.5, 0.5, 0.5)
+    values = np.random.default_rng(0).random(200)
+    mean, lo, hi = evaluate.bootstrap_ci(values)
+    assert lo < mean < hi and hi - lo < 0.2
+    assert evaluate.bootstrap_ci(values) == (mean, lo, hi)  # seeded
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate.bootstrap_ci([])

@@ -1,0 +1,45 @@
+"""The course's plots: score distributions, bar charts with error bars, training curves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def histograms(values: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 40) -> Any:
+    """Overlaid, normalised histograms of several score distributions (one per label)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    edges = np.linspace(
+        min(float(v.min()) for v in values.values()), max(float(v.max()) for v in values.values()), bins
+    )
+    for label, v in values.items():
+        ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.8, label=f"{label} (n={len(v)})")
+    ax.set(xlabel=xlabel, ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def bars(values: dict[str, float], errors: dict[str, tuple[float, float]] | None, ylabel: str, title: str) -> Any:
+    """A bar per label, with an asymmetric error bar (low, high) where given."""
+    import matplotlib.pyplot as plt
+
+    labels = list(values)
+    heights = np.array([values[k] for k in labels])
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels)), 3.5))
+    yerr = None
+    if errors:
+        spans = [errors.get(k, (heights[i], heights[i])) for i, k in enumerate(labels)]  # no error bar where none given
+        yerr = np.array([[h - lo, hi - h] for h, (lo, hi) in zip(heights, spans)]).T
+    ax.bar(labels, heights, yerr=yerr, capsize=4, color="#4C72B0")
+    ax.set(ylabel=ylabel, title=title)
+    ax.tick_params(axis="x", rotation=30)
+    lo = min(heights.min(), min((e[0] for e in (errors or {}).values()), default=heights.min()))
+    ax.set_ylim(max(0.0, lo - 0.05), None)
+    fig.tight_layout()
+    plt.show()
+    return fig
