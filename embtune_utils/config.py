@@ -32,6 +32,10 @@ class ModeSettings:
     train_batch_size: int  # pairs per training batch (in-batch negatives: batch size - 1 per question)
     ablation_pairs: int  # training pairs per run in notebook 04's equal-budget loss ablation
     memory_batch: int  # batch size at which notebook 04 measures MNRL vs cached MNRL memory
+    compare_pairs: int  # training pairs per run in notebook 05's comparisons (data sources, partial fine-tuning)
+    max_train_pairs: int | None  # cap on the final training run's pairs (None = all)
+    epochs: int  # passes over the training pairs in the final run (early stopping may end it sooner)
+    eval_steps: int  # dev evaluation (and checkpoint) every this many steps
 
 
 _SETTINGS = {
@@ -45,6 +49,10 @@ _SETTINGS = {
         train_batch_size=16,
         ablation_pairs=64,
         memory_batch=32,
+        compare_pairs=32,
+        max_train_pairs=96,
+        epochs=1,
+        eval_steps=2,
     ),
     # default: the real CPU course, all articles and all test questions.
     "default": ModeSettings(
@@ -56,6 +64,10 @@ _SETTINGS = {
         train_batch_size=32,
         ablation_pairs=256,
         memory_batch=64,
+        compare_pairs=384,
+        max_train_pairs=None,
+        epochs=1,
+        eval_steps=10,
     ),
     # full: everything, bigger batches, for GPUs.
     "full": ModeSettings(
@@ -67,6 +79,10 @@ _SETTINGS = {
         train_batch_size=128,
         ablation_pairs=2048,
         memory_batch=256,
+        compare_pairs=2048,
+        max_train_pairs=None,
+        epochs=3,
+        eval_steps=10,
     ),
 }
 

@@ -94,17 +94,26 @@ def times_table(paths: list[Path]) -> str:
 
 
 def results_table(mode: str = "default") -> str:
-    """A Markdown table of the test metrics saved by the notebooks under results/<mode>/."""
-    rows = ["| retriever | NDCG@10 | MRR@10 | Recall@10 | Recall@100 | where measured |", "|---|---|---|---|---|---|"]
+    """A Markdown table of the test metrics saved under results/<mode>/: each retriever from the last notebook that
+    scored it (notebook 06 supersedes 01), with the 95% bootstrap interval of NDCG@10 where one was saved."""
+    latest: dict[str, tuple[dict[str, float], list[float] | None, str]] = {}
     for path in sorted((config.repo_root() / "results" / mode).glob("*.json")):
         record = json.loads(path.read_text())
         m = record["machine"]
         where = f"{record['name']}, {m['device']} ({m['cpu_count']} cores), {mode} mode, {record['date']}"
+        cis = record["results"].get("test_ci", {})
         for name, metrics in record["results"].get("test", {}).items():
-            rows.append(
-                f"| {name} | {metrics['ndcg@10']:.3f} | {metrics['mrr@10']:.3f} | {metrics['recall@10']:.3f} | "
-                f"{metrics['recall@100']:.3f} | {where} |"
-            )
+            latest[name] = (metrics, cis.get(name, {}).get("ndcg@10"), where)
+    rows = [
+        "| retriever | NDCG@10 [95% CI] | MRR@10 | Recall@10 | Recall@100 | where measured |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (metrics, ci, where) in latest.items():
+        ndcg = f"{metrics['ndcg@10']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        rows.append(
+            f"| {name} | {ndcg} | {metrics['mrr@10']:.3f} | {metrics['recall@10']:.3f} | "
+            f"{metrics['recall@100']:.3f} | {where} |"
+        )
     return "\n".join(rows)
 
 

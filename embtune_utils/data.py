@@ -484,3 +484,39 @@ def expert_pairs(beir: Beir, split: str = "train") -> list[dict[str, Any]]:
         for qid, rels in beir.qrels.get(split, {}).items()
         for cid in rels
     ]
+
+
+# ---------------------------------------------------------------- a general-domain check set (forgetting)
+
+GENERAL_CHECK = "python-docs-check"  # data/<this>: a BEIR folder built by python_docs_check()
+
+
+def python_docs_check(max_words: int = 150) -> Beir:
+    """Python Language Reference sections (pydoc_data.topics, PSF licence) as a known-item retrieval set.
+
+    Each section is cut into chunks of max_words words with its title removed; the title is the query and the
+    section's first chunk is its one relevant document. All other chunks are distractors.
+    """
+    from pydoc_data.topics import topics
+
+    corpus: dict[str, dict[str, Any]] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for key in sorted(topics):
+        lines = topics[key].strip().splitlines()
+        title = lines[0].strip()
+        body = [line for line in lines[1:] if line.strip() and set(line.strip()) - set("*=-^~")]  # no underlines
+        words = " ".join(body).split()
+        if len(words) < 20:
+            continue
+        for i in range(0, len(words), max_words):
+            text = " ".join(words[i : i + max_words])
+            corpus[f"{key}-{i // max_words}"] = {"title": "", "text": text, "metadata": {}}
+        queries[key] = title
+        qrels[key] = {f"{key}-0": 1}
+    return Beir(corpus, queries, {"test": qrels})
+
+
+def general_check() -> Beir:
+    """The shipped general-domain check set (data/python-docs-check)."""
+    return load_beir(config.data_dir() / GENERAL_CHECK)

@@ -202,12 +202,143 @@ def bootstrap_ci(
     return float(v.mean()), float(lo), float(hi)
 
 
+# ---------------------------------------------------------------- hybrid retrieval: fusing BM25 and dense runs
+
+RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al., 2009)
+
+
+def rrf(runs: list[Run], k: int = RRF_K, depth: int = 100) -> Run:
+    """Reciprocal rank fusion: each document scores the sum of 1 / (k + rank) over the runs that retrieved it."""
+    fused: Run = {}
+    for qid in set().union(*runs):
+        scores: dict[str, float] = {}
+        for run in runs:
+            for rank, (doc, _) in enumerate(run.get(qid, [])[:depth]):
+                scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank + 1)
+        fused[qid] = sorted(scores.items(), key=lambda item: -item[1])
+    return fused
+
+
+def _min_max(ranked: list[tuple[str, float]]) -> dict[str, float]:
+    if not ranked:
+        return {}
+    values = [s for _, s in ranked]
+    lo, span = min(values), (max(values) - min(values)) or 1.0
+    return {doc: (s - lo) / span for doc, s in ranked}
+
+
+def weighted_fusion(dense: Run, sparse: Run, weight: float) -> Run:
+    """Convex combination of per-query min-max normalised scores: weight × dense + (1 − weight) × sparse."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight={weight} must lie in [0, 1]: it is the dense run's share of the fused score.")
+    fused: Run = {}
+    for qid in set(dense) | set(sparse):
+        d, s = _min_max(dense.get(qid, [])), _min_max(sparse.get(qid, []))
+        scores = {doc: weight * d.get(doc, 0.0) + (1 - weight) * s.get(doc, 0.0) for doc in set(d) | set(s)}
+        fused[qid] = sorted(scores.items(), key=lambda item: -item[1])
+    return fused
+
+
+def tune_fusion_weight(
+    dense: Run, sparse: Run, qrels: Qrels, grid: tuple[float, ...] = tuple(i / 10 for i in range(11))
+) -> tuple[float, dict[float, float]]:
+    """The dense weight with the best NDCG@10 on these (dev) qrels, and the score of every weight tried."""
+    scores = {w: evaluate_run(weighted_fusion(dense, sparse, w), qrels, ("ndcg@10",))["ndcg@10"] for w in grid}
+    return max(scores, key=lambda w: (scores[w], -abs(w - 0.5))), scores
+
+
+# ---------------------------------------------------------------- comparing two systems on the same questions
+
+
+def paired_test(
+    a: list[float] | np.ndarray, b: list[float] | np.ndarray, n_resamples: int = 10000, seed: int = config.SEED
+) -> dict[str, float]:
+    """Per-query a − b: mean, a 95% bootstrap CI, and a two-sided sign-flip permutation p-value."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if diff.size == 0:
+        raise ValueError("paired_test needs per-query values for the same questions in both systems.")
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(0, diff.size, (n_resamples, diff.size))].mean(axis=1)
+    flips = rng.choice((-1.0, 1.0), size=(n_resamples, diff.size))
+    null = np.abs((flips * diff).mean(axis=1))
+    p = (1 + np.count_nonzero(null >= abs(diff.mean()) - 1e-12)) / (n_resamples + 1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
+    return {"mean": float(diff.mean()), "lo": float(lo), "hi": float(hi), "p": float(p), "wins": wins, "losses": losses}
+
+
+def metrics_with_ci(per_query: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
+    """Each metric's mean over queries with its 95% bootstrap interval: {metric: (mean, lo, hi)}."""
+    return {m: bootstrap_ci([v[m] for v in per_query.values()]) for m in metrics}
+
+
+FAILURE_KINDS = ("right article, wrong chunk", "exact term missed", "wrong article")
+
+
+def _exact_terms(text: str) -> set[str]:
+    """Tokens a lexical retriever matches exactly and an embedding may blur: numbers, acronyms, names with digits."""
+    import re
+
+    tokens = re.findall(r"[A-Za-z0-9][\w-]*", text)
+    return {t.lower() for t in tokens if any(c.isdigit() for c in t) or sum(c.isupper() for c in t) >= 2}
+
+
+def failure_kind(query: str, top_doc: str, relevant: dict[str, int], corpus: dict[str, dict[str, Any]]) -> str:
+    """Why a query's top-ranked chunk is wrong: same article as an answer, a missed exact term, or another article."""
+    article = corpus[top_doc].get("metadata", {}).get("doc_id")
+    if article is not None and any(corpus[d].get("metadata", {}).get("doc_id") == article for d in relevant):
+        return FAILURE_KINDS[0]
+    answer_text = " ".join(corpus[d]["text"] for d in relevant if d in corpus)
+    if _exact_terms(query) & _exact_terms(answer_text) - _exact_terms(corpus[top_doc]["text"]):
+        return FAILURE_KINDS[1]
+    return FAILURE_KINDS[2]
+
+
+# ---------------------------------------------------------------- embedding diagnostics
+
+
+def alignment(query_emb: np.ndarray, doc_emb: np.ndarray) -> float:
+    """Wang & Isola's alignment: mean squared distance between matched (query, relevant chunk) unit embeddings."""
+    return float(np.mean(np.sum((query_emb - doc_emb) ** 2, axis=1)))
+
+
+def uniformity(emb: np.ndarray, t: float = 2.0, max_points: int = 2000, seed: int = config.SEED) -> float:
+    """Wang & Isola's uniformity: log mean exp(−t·‖x − y‖²) over pairs of embeddings (lower = more spread out)."""
+    if len(emb) > max_points:
+        emb = emb[np.random.default_rng(seed).choice(len(emb), max_points, replace=False)]
+    sq = np.maximum(0.0, 2.0 - 2.0 * emb @ emb.T)  # unit vectors: ‖x − y‖² = 2 − 2 x·y
+    pairs = sq[np.triu_indices(len(emb), k=1)]
+    return float(np.log(np.mean(np.exp(-t * pairs))))
+
+
+def spectrum(emb: np.ndarray) -> tuple[np.ndarray, float]:
+    """Singular values of the centred embeddings (normalised to sum 1) and the effective rank exp(entropy)."""
+    s = np.linalg.svd(emb - emb.mean(axis=0), compute_uv=False)
+    p = s / s.sum()
+    return p, float(np.exp(-np.sum(p * np.log(p + 1e-12))))
+
+
 # ---------------------------------------------------------------- results on disk
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write JSON atomically (a temporary file renamed into place); NumPy numbers and tuples are converted."""
+
+    def plain(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=plain) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def save_results(name: str, results: dict[str, Any], mode: str | None = None) -> Path:
     """Write measured results to results/<mode>/<name>.json with the date and machine, for the README."""
     record = {"name": name, "date": date.today().isoformat(), "machine": config.describe(), "results": results}
-    path = config.results_dir(mode) / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return write_json(config.results_dir(mode) / f"{name}.json", record)

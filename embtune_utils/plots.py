@@ -43,3 +43,41 @@ def bars(values: dict[str, float], errors: dict[str, tuple[float, float]] | None
     fig.tight_layout()
     plt.show()
     return fig
+
+
+def curves(
+    panels: dict[str, list[tuple[float, float]]], xlabel: str, title: str, hline: dict[str, float] | None = None
+) -> Any:
+    """One panel per named series of (x, y) points, side by side; hline draws a labelled reference level per panel."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.3), squeeze=False)
+    for ax, (name, points) in zip(axes[0], panels.items()):
+        xs, ys = zip(*points) if points else ((), ())
+        ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, markersize=3)
+        if hline and name in hline:
+            ax.axhline(hline[name], color="grey", linestyle="--", linewidth=1, label=f"base {hline[name]:.3f}")
+            ax.legend(fontsize=8)
+        ax.set(xlabel=xlabel, ylabel=name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def lines(series: dict[str, Any], xlabel: str, ylabel: str, title: str, logy: bool = False, zero: bool = False) -> Any:
+    """Several series of y values on one axes (x = 0, 1, ...); zero draws the y = 0 line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for label, ys in series.items():
+        ax.plot(np.arange(len(ys)), ys, label=label, linewidth=1.6)
+    if zero:
+        ax.axhline(0, color="grey", linewidth=0.8)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig

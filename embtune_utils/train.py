@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -146,18 +148,24 @@ def training_args(output_dir: Path, batch_size: int = 32, learning_rate: float =
     return SentenceTransformerTrainingArguments(**values)
 
 
-def short_run(model: Any, loss: Any, dataset: Any, args: Any) -> dict[str, Any]:
-    """Train `model` in place with `loss` on `dataset`; returns the logged losses, time and peak memory."""
-    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
-    from transformers.trainer_callback import PrinterCallback
-
+def _check_one_batch(dataset: Any, args: Any) -> None:
     if len(dataset) < args.per_device_train_batch_size:
         raise TrainError(
             f"{len(dataset)} training rows is less than one batch of {args.per_device_train_batch_size}: "
             "use more rows or a smaller batch_size."
         )
+
+
+def short_run(model: Any, loss: Any, dataset: Any, args: Any, optimizer: Any = None) -> dict[str, Any]:
+    """Train `model` in place with `loss` on `dataset`; returns the logged losses, time and peak memory."""
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from transformers.trainer_callback import PrinterCallback
+
+    _check_one_batch(dataset, args)
     config.set_seed()
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, optimizers=(optimizer, None)
+    )
     trainer.remove_callback(PrinterCallback)  # the logged losses are returned, not printed step by step
     with track_resources() as usage:
         trainer.train()
@@ -176,3 +184,379 @@ def dev_scores(model: Any, beir: data.Beir, split: str = "dev") -> dict[str, flo
     run = evaluate.dense_run(model, data.split_corpus(beir, split), beir.split_queries(split))
     per_query = evaluate.per_query_metrics(run, beir.qrels[split], ("ndcg@10",))
     return {qid: m["ndcg@10"] for qid, m in per_query.items()}
+
+
+# ---------------------------------------------------------------- full training: evaluator, early stopping, resume
+
+PATIENCE = 3  # evaluations without a better dev score before training stops
+
+
+def ir_evaluator(beir: data.Beir, split: str = "dev", batch_size: int | None = None) -> Any:
+    """sentence-transformers' InformationRetrievalEvaluator on a split's questions against that split's chunks."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    queries = beir.split_queries(split)
+    if not queries:
+        raise TrainError(f"The {split!r} split has no questions with relevant chunks: check the qrels of that split.")
+    corpus = data.split_corpus(beir, split)
+    return InformationRetrievalEvaluator(
+        queries=queries,
+        corpus={cid: c["text"] for cid, c in corpus.items()},
+        relevant_docs={qid: set(rels) for qid, rels in beir.qrels[split].items()},
+        name=split,
+        ndcg_at_k=[10],
+        mrr_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10],
+        map_at_k=[100],
+        main_score_function="cosine",
+        batch_size=batch_size or config.settings().encode_batch_size,
+        show_progress_bar=False,
+    )
+
+
+def metric_key(evaluator: Any) -> str:
+    """The Trainer's name for the evaluator's main metric, e.g. 'eval_dev_cosine_ndcg@10' (early stopping reads it)."""
+    return f"eval_{evaluator.name}_{evaluator.main_score_function.value}_ndcg@{max(evaluator.ndcg_at_k)}"
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete checkpoint-N folder under output_dir, or None (a fresh run)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def fit_args(
+    output_dir: Path,
+    evaluator: Any,
+    eval_steps: int,
+    batch_size: int = 32,
+    learning_rate: float = 2e-5,
+    **overrides: Any,
+) -> Any:
+    """Arguments for a real run: evaluate and checkpoint every eval_steps, keep the best model by dev NDCG@10."""
+    values = {
+        "eval_strategy": "steps",
+        "eval_steps": eval_steps,
+        "save_strategy": "steps",
+        "save_steps": eval_steps,
+        "save_total_limit": 2,  # the newest and the best
+        "load_best_model_at_end": True,
+        "metric_for_best_model": metric_key(evaluator),
+        "greater_is_better": True,
+        **overrides,
+    }
+    return training_args(output_dir, batch_size=batch_size, learning_rate=learning_rate, **values)
+
+
+def fit(
+    model: Any,
+    loss: Any,
+    dataset: Any,
+    args: Any,
+    evaluator: Any,
+    patience: int = PATIENCE,
+    optimizer: Any = None,
+    resume: bool = True,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train with dev evaluation, early stopping and checkpoints; resumes from args.output_dir's last checkpoint."""
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    _check_one_batch(dataset, args)
+    config.set_seed()
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), *(callbacks or [])],
+        optimizers=(optimizer, None),
+    )
+    trainer.remove_callback(PrinterCallback)
+    checkpoint = last_checkpoint(Path(args.output_dir)) if resume else None
+    with track_resources() as usage:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    history = trainer.state.log_history
+    key = args.metric_for_best_model
+    return {
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "resumed_from": checkpoint,
+        "losses": [(e["step"], e["loss"]) for e in history if "loss" in e],
+        "dev": [(e["step"], e[key]) for e in history if key in e],
+        "best": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "seconds": usage.seconds,
+        "peak_mb": usage.peak_mb,
+        "memory": usage.memory,
+    }
+
+
+# ---------------------------------------------------------------- partial fine-tuning
+
+PARTIAL = ("full", "frozen lower layers", "layer-wise LR decay", "LoRA")
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]}
+
+
+def encoder_layers(model: Any) -> list[Any]:
+    """The transformer blocks of a BERT-style SentenceTransformer, bottom first."""
+    backbone = getattr(model[0], "auto_model", None) or model[0].model
+    return list(backbone.encoder.layer)
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def freeze_lower_layers(model: Any, n_layers: int) -> None:
+    """Freeze the word embeddings and the lowest n_layers blocks; the rest train."""
+    layers = encoder_layers(model)
+    if not 0 <= n_layers <= len(layers):
+        raise TrainError(f"n_layers={n_layers}: this model has {len(layers)} blocks; choose 0..{len(layers)}.")
+    backbone = getattr(model[0], "auto_model", None) or model[0].model
+    for module in [backbone.embeddings, *layers[:n_layers]]:
+        for p in module.parameters():
+            p.requires_grad = False
+
+
+def llrd_optimizer(model: Any, learning_rate: float, decay: float = 0.8, weight_decay: float = 0.01) -> Any:
+    """AdamW with layer-wise learning-rate decay: the top block gets learning_rate, each block below decay × more."""
+    import torch
+
+    layers = encoder_layers(model)
+    depth = {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}  # embeddings: depth 0
+    top = len(layers)
+    groups: dict[int, list[Any]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault(depth.get(id(p), 0), []).append(p)  # outside the blocks: the embeddings
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": learning_rate * decay ** (top - d)} for d, ps in sorted(groups.items())],
+        lr=learning_rate,
+        weight_decay=weight_decay,
+    )
+
+
+def add_lora(model: Any, **overrides: Any) -> None:
+    """Wrap the transformer in a LoRA adapter (peft): only the low-rank matrices train."""
+    try:
+        from peft import LoraConfig, TaskType
+    except ImportError as err:
+        raise TrainError("LoRA needs the peft package: `pip install peft` (a course requirement).") from err
+    model.add_adapter(LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, **(LORA | overrides)))
+
+
+# ---------------------------------------------------------------- the trained model on disk
+
+
+def save_model(model: Any, path: Path, record: dict[str, Any]) -> Path:
+    """Save atomically (write beside, then rename): the model, its model card, plus the course's training record."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))  # sentence-transformers writes its own model card (README.md) with the training details
+    rows = "\n".join(f"| {k} | {v} |" for k, v in record.items())
+    card = tmp / "README.md"
+    text = card.read_text() if card.exists() else f"# {path.name}\n"
+    card.write_text(f"{text.rstrip()}\n\n## embtune training record\n\n| what | value |\n| --- | --- |\n{rows}\n")
+    (tmp / "embtune_training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+# ---------------------------------------------------------------- the course's training run (notebook 05, the script)
+
+FINAL = {"source": "both", "loss": "matryoshka", "hard_negatives": 0, "learning_rate": 5e-5}
+
+
+def probe_loss(model: Any, dataset: Any, batch_size: int = 16, n_rows: int = 64) -> float:
+    """Mean MNRL loss (eval mode, no gradients) over the first n_rows of a dataset: a fixed yardstick for training."""
+    import torch
+
+    from embtune_utils import losses
+
+    loss = losses.make_loss("mnrl", model)
+    n_rows = min(n_rows, len(dataset))
+    was_training = model.training
+    model.eval()
+    values = []
+    with torch.no_grad():
+        for start in range(0, n_rows, batch_size):
+            batch = dataset.select(range(start, min(start + batch_size, n_rows)))
+            values.append(float(loss(losses.features(model, [batch[c] for c in batch.column_names]), None)))
+    model.train(was_training)
+    return sum(values) / len(values)
+
+
+def sample_rows(rows: list[dict[str, Any]], n: int | None, seed: int = config.SEED) -> list[dict[str, Any]]:
+    """A seeded random subset of n rows (all of them, shuffled, when n is None or larger)."""
+    import random
+
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    return rows if n is None else rows[:n]
+
+
+def course_rows(beir: data.Beir, model: Any, source: str = "both", hard_negatives: int = 0) -> list[dict[str, Any]]:
+    """Training rows of a source: plain pairs, or notebook 03's recipe rows when hard negatives are asked for."""
+    if hard_negatives:
+        return course_negatives(beir, model, source)
+    return training_pairs(beir, model, source)
+
+
+RUN_KEYS = ("per_device_train_batch_size", "learning_rate", "num_train_epochs", "max_steps", "warmup_ratio")
+RUN_KEYS += ("eval_steps", "seed", "bf16", "fp16")  # what makes a checkpoint belong to this run
+
+
+def restart_if_changed(output_dir: Path, run_config: dict[str, Any]) -> bool:
+    """Delete output_dir's checkpoints when they were made with another configuration; True if it did.
+
+    Resuming is only correct for the same run: a changed batch size, data or learning rate must start over.
+    """
+    import shutil
+
+    stamp = output_dir / "run_config.json"
+    text = json.dumps(run_config, sort_keys=True, default=str)
+    changed = stamp.exists() and stamp.read_text() != text
+    if changed or (output_dir.exists() and not stamp.exists()):
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(text)
+    return changed
+
+
+def train_model(
+    beir: data.Beir,
+    output_dir: Path,
+    source: str = FINAL["source"],
+    loss_name: str = FINAL["loss"],
+    hard_negatives: int = FINAL["hard_negatives"],
+    learning_rate: float = FINAL["learning_rate"],
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    base_model: str = config.BASE_MODEL,
+    resume: bool = True,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The course's training run: base model, fit on the source's pairs with dev early stopping; (model, result)."""
+    from embtune_utils import losses, models
+
+    settings = config.settings()
+    model = models.load_model(base_model, verbose=False)
+    train_corpus = data.split_corpus(beir, "train")
+    rows = sample_rows(course_rows(beir, model, source, hard_negatives), settings.max_train_pairs)
+    dataset = negatives.to_dataset(rows, train_corpus, n=hard_negatives)
+    evaluator = ir_evaluator(beir, "dev")
+    args = fit_args(
+        output_dir,
+        evaluator,
+        eval_steps=settings.eval_steps,
+        batch_size=batch_size or settings.train_batch_size,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs or settings.epochs,
+    )
+    import hashlib
+
+    rows_key = hashlib.sha256(json.dumps([(r["query"], r["chunk_id"], r.get("negatives")) for r in rows]).encode())
+    run_config = {"rows": rows_key.hexdigest()[:16], "loss": loss_name, "base_model": base_model}
+    run_config |= {k: getattr(args, k) for k in RUN_KEYS}
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process manages the folder
+        restart_if_changed(Path(output_dir), run_config)
+    loss = losses.make_loss(loss_name, model)
+    before = probe_loss(model, dataset)
+    result = fit(model, loss, dataset, args, evaluator, resume=resume, callbacks=callbacks)
+    result["probe_loss"] = (before, probe_loss(model, dataset))
+    result |= {"pairs": len(dataset), "source": source, "loss": loss_name, "hard_negatives": hard_negatives}
+    result |= {"learning_rate": learning_rate, "batch_size": args.per_device_train_batch_size}
+    result |= {"epochs": args.num_train_epochs, "base_model": base_model}
+    return model, result
+
+
+def model_record(result: dict[str, Any]) -> dict[str, Any]:
+    """What the model card records about a run: data, loss, dev metric, hardware, date."""
+    from datetime import date
+
+    info = config.describe()
+    keep = ("base_model", "source", "pairs", "loss", "hard_negatives", "learning_rate", "batch_size", "epochs", "steps")
+    record = {k: result[k] for k in keep if k in result}
+    record |= {"best dev NDCG@10": round(result["best"], 4), "train seconds": round(result["seconds"], 1)}
+    record |= {"hardware": f"{info['device']} ({info['cpu_count']} CPU cores), {info['precision']}"}
+    record |= {"mode": info["mode"], "sentence-transformers": info["sentence-transformers"], "date": date.today()}
+    data_used = {"experts": "the experts' training questions", "synthetic": "synthetic queries (SmolLM2-135M-Instruct)"}
+    data_used["both"] = f"{data_used['experts']} + {data_used['synthetic']}"
+    record["data"] = f"COVID-QA training articles (CC BY): {data_used.get(result.get('source'), result.get('source'))}"
+    return record
+
+
+def finetuned_path(mode: str | None = None) -> Path:
+    """Where the course's fine-tuned model is saved (notebooks 06-07 load it from here)."""
+    return config.artifacts_dir(mode) / "models" / "finetuned"
+
+
+def course_model(beir: data.Beir) -> Any:
+    """Notebook 05's saved fine-tuned model; trained now with the same recipe (and saved) if this mode has none."""
+    from embtune_utils import models
+
+    path = finetuned_path()
+    if not (path / "modules.json").exists():
+        print(f"No fine-tuned model at {path} yet: training one with notebook 05's recipe {FINAL}.")
+        model, result = train_model(beir, config.artifacts_dir() / "checkpoints" / "finetuned")
+        save_model(model, path, model_record(result))
+    return models.load_model(str(path), verbose=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m embtune_utils.train` (also under torchrun / accelerate launch): train and save the course model."""
+    import argparse
+
+    from embtune_utils import models
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--mode", default=None, help="fast | default | full (else $EMBTUNE_MODE)")
+    parser.add_argument("--base-model", default=config.BASE_MODEL, help="Hub name or local folder of the model to tune")
+    parser.add_argument("--source", default=FINAL["source"], choices=SOURCES)
+    parser.add_argument("--loss", default=FINAL["loss"], help="mnrl | cached_mnrl | matryoshka | ...")
+    parser.add_argument("--hard-negatives", type=int, default=FINAL["hard_negatives"])
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="per device")
+    parser.add_argument("--lr", type=float, default=FINAL["learning_rate"])
+    parser.add_argument("--out", default=None, help="checkpoints folder (default: artifacts/<mode>/checkpoints)")
+    parser.add_argument("--no-resume", action="store_true", help="start over instead of resuming a checkpoint")
+    args = parser.parse_args(argv)
+    if args.mode:
+        os.environ["EMBTUNE_MODE"] = config.get_mode(args.mode)
+    config.set_seed()
+    beir = data.course_data(models.load_model(args.base_model, verbose=False).tokenizer)
+    out = Path(args.out) if args.out else config.artifacts_dir() / "checkpoints" / "finetuned"
+    model, result = train_model(
+        beir,
+        out,
+        source=args.source,
+        loss_name=args.loss,
+        hard_negatives=args.hard_negatives,
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        base_model=args.base_model,
+        resume=not args.no_resume,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
+        path = save_model(model, finetuned_path(), model_record(result))
+        summary = {k: v for k, v in result.items() if k not in ("losses", "dev")}
+        print(json.dumps(summary | {"saved": str(path)}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

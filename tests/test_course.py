@@ -53,3 +53,14 @@ def test_cli_takes_flags_before_notebooks(tmp_path, monkeypatch):
     monkeypatch.setattr(course, "update_readme", lambda paths: None)
     assert course.main(["run", "--mode", "fast", str(path)]) == 0
     assert nbformat.read(path, as_version=4).metadata["embtune"]["mode"] == "fast"
+
+
+def test_results_table_keeps_the_latest_scores_with_intervals(home):
+    from embtune_utils import evaluate
+
+    metrics = {"ndcg@10": 0.5, "mrr@10": 0.4, "recall@10": 0.6, "recall@100": 0.9}
+    evaluate.save_results("01_rag_basics", {"test": {"bm25": metrics}}, mode="default")
+    later = {"test": {"bm25": metrics | {"ndcg@10": 0.6}}, "test_ci": {"bm25": {"ndcg@10": [0.55, 0.65]}}}
+    evaluate.save_results("06_evaluation", later, mode="default")
+    table = course.results_table("default")
+    assert table.count("| bm25 |") == 1 and "0.600 [0.550, 0.650]" in table and "06_evaluation" in table

@@ -149,3 +149,13 @@ def test_course_data_is_cached_and_complete(model):
     assert sum(stats["questions_per_split"].values()) == 1380
     assert len(beir.corpus) == stats["chunks"]
     assert sum(stats["labels"].values()) == 1380
+
+
+def test_general_check_set_is_shipped_and_sound():
+    beir = data.general_check()
+    assert len(beir.queries) == len(beir.qrels["test"]) >= 70 and len(beir.corpus) > 5 * len(beir.queries)
+    assert all(len(rels) == 1 and set(rels) <= set(beir.corpus) for rels in beir.qrels["test"].values())
+    for qid, rels in beir.qrels["test"].items():  # the title and its underline were dropped from the passage
+        assert "*****" not in beir.corpus[next(iter(rels))]["text"][: len(beir.queries[qid]) + 20]
+    built = data.python_docs_check()
+    assert len(set(built.queries) & set(beir.queries)) > 0.9 * len(beir.queries)  # rebuildable from this Python

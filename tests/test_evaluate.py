@@ -94,3 +94,69 @@ def test_bootstrap_ci_brackets_the_mean():
     assert evaluate.bootstrap_ci(values) == (mean, lo, hi)  # seeded
     with pytest.raises(ValueError, match="at least one"):
         evaluate.bootstrap_ci([])
+
+
+def test_rrf_by_hand():
+    a = {"q": [("d1", 9.0), ("d2", 5.0)]}
+    b = {"q": [("d2", 0.9), ("d3", 0.1)]}
+    fused = dict(evaluate.rrf([a, b], k=60)["q"])
+    assert fused["d2"] == pytest.approx(1 / 62 + 1 / 61) and fused["d1"] == pytest.approx(1 / 61)
+    assert evaluate.rrf([a, b])["q"][0][0] == "d2"  # found by both runs
+
+
+def test_weighted_fusion_ends_are_the_runs():
+    dense = {"q": [("d1", 0.9), ("d2", 0.5), ("d3", 0.1)]}
+    sparse = {"q": [("d3", 12.0), ("d2", 7.0), ("d1", 1.0)]}
+    assert [d for d, _ in evaluate.weighted_fusion(dense, sparse, 1.0)["q"]] == ["d1", "d2", "d3"]
+    assert [d for d, _ in evaluate.weighted_fusion(dense, sparse, 0.0)["q"]] == ["d3", "d2", "d1"]
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        evaluate.weighted_fusion(dense, sparse, 1.5)
+
+
+def test_tune_fusion_weight_picks_the_better_run():
+    qrels = {"q1": {"d1": 1}, "q2": {"d1": 1}}
+    dense = {q: [("d1", 0.9), ("d2", 0.1)] for q in qrels}
+    sparse = {q: [("d2", 5.0), ("d1", 1.0)] for q in qrels}
+    weight, scores = evaluate.tune_fusion_weight(dense, sparse, qrels)
+    assert weight > 0.5 and scores[1.0] == 1.0 and scores[0.0] < 1.0
+
+
+def test_paired_test_detects_a_real_difference_and_not_noise():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 300)
+    better = evaluate.paired_test(base + 0.1, base)
+    assert better["mean"] == pytest.approx(0.1) and better["lo"] > 0 and better["p"] < 0.01 and better["wins"] == 300
+    noise = evaluate.paired_test(base + rng.normal(0, 0.2, 300), base + rng.normal(0, 0.2, 300))
+    assert noise["lo"] < 0 < noise["hi"] and noise["p"] > 0.05
+
+
+def test_metrics_with_ci():
+    per_query = {"a": {"ndcg@10": 1.0}, "b": {"ndcg@10": 0.0}}
+    mean, lo, hi = evaluate.metrics_with_ci(per_query, ("ndcg@10",))["ndcg@10"]
+    assert mean == 0.5 and 0.0 <= lo <= 0.5 <= hi <= 1.0
+
+
+def test_alignment_uniformity_and_spectrum():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert evaluate.alignment(x, x) == 0.0 and evaluate.alignment(x, -x) == pytest.approx(4.0)
+    collapsed = np.tile(x[:1], (200, 1))
+    assert evaluate.uniformity(x) < evaluate.uniformity(collapsed) == pytest.approx(0.0)
+    p, rank = evaluate.spectrum(x)
+    assert p.sum() == pytest.approx(1.0) and 10 < rank <= 16
+    low = x[:, :2] @ rng.normal(size=(2, 16))
+    assert evaluate.spectrum(low)[1] < 3
+
+
+def test_failure_kinds():
+    corpus = {
+        "a-0": {"text": "MERS-CoV incubation is 5 days", "metadata": {"doc_id": "a"}},
+        "a-1": {"text": "methods of the study", "metadata": {"doc_id": "a"}},
+        "b-0": {"text": "incubation of influenza viruses", "metadata": {"doc_id": "b"}},
+        "c-0": {"text": "hospital staffing levels", "metadata": {"doc_id": "c"}},
+    }
+    relevant = {"a-0": 1}
+    assert evaluate.failure_kind("incubation of MERS?", "a-1", relevant, corpus) == "right article, wrong chunk"
+    assert evaluate.failure_kind("incubation of MERS-CoV?", "b-0", relevant, corpus) == "exact term missed"
+    assert evaluate.failure_kind("how long is incubation?", "c-0", relevant, corpus) == "wrong article"

@@ -71,3 +71,157 @@ def test_course_negatives_mined_once_then_read(tiny_beir, model, home, monkeypat
     assert (home / "artifacts").exists() and negatives.load_rows(negatives.recipe_name("experts")) == first
     monkeypatch.setattr(negatives, "recipe_negatives", lambda *a: pytest.fail("mined again"))
     assert train.course_negatives(tiny_beir, model, "experts") == first
+
+
+# ---------------------------------------------------------------- full training
+
+
+def _tiny_dataset(beir, n_rows=16):
+    rows = negatives.bm25_negatives(data.expert_pairs(beir, "train")[:n_rows], beir.corpus, n=1)
+    return negatives.to_dataset(rows, beir.corpus, n=0)
+
+
+def test_ir_evaluator_names_its_metric(tiny_beir, model):
+    evaluator = train.ir_evaluator(tiny_beir, "test")
+    scores = evaluator(model)
+    key = train.metric_key(evaluator)
+    assert key == "eval_test_cosine_ndcg@10" and key.removeprefix("eval_") in scores
+    with pytest.raises(train.TrainError, match="no questions"):
+        train.ir_evaluator(tiny_beir, "nosuchsplit")
+
+
+def test_fit_evaluates_and_keeps_the_best(tiny_beir, tmp_path):
+    model = models.load_model(verbose=False)
+    evaluator = train.ir_evaluator(tiny_beir, "test")
+    args = train.fit_args(tmp_path / "run", evaluator, eval_steps=1, batch_size=4, learning_rate=1e-4, max_steps=3)
+    result = train.fit(model, _mnrl(model), _tiny_dataset(tiny_beir), args, evaluator, patience=3)
+    assert result["steps"] == 3 and [s for s, _ in result["dev"]] == [1, 2, 3]
+    assert result["best"] == pytest.approx(max(v for _, v in result["dev"]))
+    # load_best_model_at_end: the model in hand scores the best dev value
+    assert evaluator(model)[train.metric_key(evaluator).removeprefix("eval_")] == pytest.approx(
+        result["best"], abs=1e-6
+    )
+
+
+def test_fit_stops_early(tiny_beir, tmp_path):
+    model = models.load_model(verbose=False)
+    evaluator = train.ir_evaluator(tiny_beir, "test")
+    args = train.fit_args(tmp_path / "run", evaluator, eval_steps=1, batch_size=4, learning_rate=0.0, max_steps=6)
+    result = train.fit(model, _mnrl(model), _tiny_dataset(tiny_beir), args, evaluator, patience=2)
+    assert result["steps"] == 3  # learning rate 0: the score never improves after step 1, so 2 more evaluations
+
+
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from embtune_utils import data, models, negatives, train, losses
+
+class Hang(TrainerCallback):
+    def on_save(self, args, state, control, **kw):
+        if state.global_step == 4:
+            Path(sys.argv[2]).write_text("saved")
+            time.sleep(600)  # killed here, as by a power cut
+
+m = models.load_model(verbose=False)
+beir, _ = data.covidqa_beir(data.load_covidqa()[:4], m.tokenizer)
+rows = negatives.bm25_negatives(data.expert_pairs(beir, "train")[:24], beir.corpus, n=1)
+ds = negatives.to_dataset(rows, beir.corpus, n=0)
+ev = train.ir_evaluator(beir, "test")
+args = train.fit_args(sys.argv[1], ev, eval_steps=2, batch_size=4, learning_rate=1e-4, max_steps=6)
+train.fit(m, losses.make_loss("mnrl", m), ds, args, ev, callbacks=[Hang()])
+"""
+
+
+def test_fit_resumes_after_a_kill(tiny_beir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, marker = tmp_path / "run", tmp_path / "saved"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out), str(marker)])
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert marker.exists(), "the training subprocess never reached its step-4 checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert train.last_checkpoint(out).endswith("checkpoint-4")
+
+    model = models.load_model(verbose=False)
+    evaluator = train.ir_evaluator(tiny_beir, "test")
+    args = train.fit_args(out, evaluator, eval_steps=2, batch_size=4, learning_rate=1e-4, max_steps=6)
+    result = train.fit(model, _mnrl(model), _tiny_dataset(tiny_beir, 24), args, evaluator)
+    assert result["resumed_from"].endswith("checkpoint-4") and result["steps"] == 6
+    assert [s for s, _ in result["losses"]] == [1, 2, 3, 4, 5, 6]  # history restored, no step run twice
+
+
+# ---------------------------------------------------------------- partial fine-tuning
+
+
+def test_freeze_lower_layers_and_counts():
+    model = models.load_model(verbose=False)
+    trainable, total = train.trainable_parameters(model)
+    assert trainable == total
+    train.freeze_lower_layers(model, 3)
+    frozen_trainable, _ = train.trainable_parameters(model)
+    assert 0 < frozen_trainable < trainable
+    assert all(not p.requires_grad for p in train.encoder_layers(model)[2].parameters())
+    assert all(p.requires_grad for p in train.encoder_layers(model)[3].parameters())
+    with pytest.raises(train.TrainError, match="choose 0..6"):
+        train.freeze_lower_layers(model, 7)
+
+
+def test_llrd_optimizer_decays_downwards(model):
+    opt = train.llrd_optimizer(model, 1e-4, decay=0.5)
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs == sorted(lrs) and lrs[-1] == pytest.approx(1e-4) and lrs[0] == pytest.approx(1e-4 * 0.5**6)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_add_lora_trains_few_parameters():
+    pytest.importorskip("peft")
+    model = models.load_model(verbose=False)
+    train.add_lora(model, r=4)
+    trainable, total = train.trainable_parameters(model)
+    assert 0 < trainable < 0.05 * total
+
+
+def test_save_model_writes_card_atomically(model, tmp_path):
+    path = train.save_model(model, tmp_path / "finetuned", {"loss": "MNRL", "dev ndcg@10": 0.5})
+    card = (path / "README.md").read_text()
+    assert "embtune training record" in card and "| loss | MNRL |" in card
+    assert (path / "embtune_training.json").exists() and not (tmp_path / "finetuned.partial").exists()
+    assert models.load_model(str(path), verbose=False).encode(["x"]).shape == (1, 384)
+
+
+def test_probe_loss_is_a_fixed_yardstick(tiny_beir, model):
+    dataset = _tiny_dataset(tiny_beir)
+    first = train.probe_loss(model, dataset, batch_size=4, n_rows=8)
+    assert first > 0 and train.probe_loss(model, dataset, batch_size=4, n_rows=8) == pytest.approx(first)
+
+
+def test_restart_if_changed_keeps_only_matching_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    assert not train.restart_if_changed(out, {"lr": 1e-4})
+    (out / "checkpoint-3").mkdir()
+    assert not train.restart_if_changed(out, {"lr": 1e-4}) and (out / "checkpoint-3").exists()  # same run: resume
+    assert train.restart_if_changed(out, {"lr": 5e-5}) and not (out / "checkpoint-3").exists()  # changed: start over
+
+
+def test_script_main_trains_and_saves_with_a_card(tiny_beir, model, tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_train_model(beir, out, **kwargs):
+        seen.update(kwargs, out=out)
+        return model, {"best": 0.5, "seconds": 1.0, "steps": 2, "source": kwargs["source"], "losses": [], "dev": []}
+
+    monkeypatch.setenv("EMBTUNE_MODE", "fast")  # main() sets it from --mode; monkeypatch restores it afterwards
+    monkeypatch.setattr(train, "train_model", fake_train_model)
+    monkeypatch.setattr(train.data, "course_data", lambda tokenizer: tiny_beir)
+    monkeypatch.setattr(train, "finetuned_path", lambda: tmp_path / "finetuned")
+    assert train.main(["--mode", "fast", "--source", "experts", "--epochs", "2", "--out", str(tmp_path / "ck")]) == 0
+    assert seen["source"] == "experts" and seen["epochs"] == 2 and seen["out"] == tmp_path / "ck"
+    card = (tmp_path / "finetuned" / "README.md").read_text()
+    assert "the experts' training questions" in card and '"saved"' in capsys.readouterr().out
