@@ -215,7 +215,7 @@ def rrf(runs: list[Run], k: int = RRF_K, depth: int = 100) -> Run:
         for run in runs:
             for rank, (doc, _) in enumerate(run.get(qid, [])[:depth]):
                 scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank + 1)
-        fused[qid] = sorted(scores.items(), key=lambda item: -item[1])
+        fused[qid] = sorted(scores.items(), key=lambda item: (-item[1], item[0]))  # ties: by id, not hash order
     return fused
 
 
@@ -235,7 +235,7 @@ def weighted_fusion(dense: Run, sparse: Run, weight: float) -> Run:
     for qid in set(dense) | set(sparse):
         d, s = _min_max(dense.get(qid, [])), _min_max(sparse.get(qid, []))
         scores = {doc: weight * d.get(doc, 0.0) + (1 - weight) * s.get(doc, 0.0) for doc in set(d) | set(s)}
-        fused[qid] = sorted(scores.items(), key=lambda item: -item[1])
+        fused[qid] = sorted(scores.items(), key=lambda item: (-item[1], item[0]))  # ties: by id, not hash order
     return fused
 
 
