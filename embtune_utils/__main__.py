@@ -1,7 +1,7 @@
-"""`python -m embtune_utils` runs the course runner (see embtune_utils.course)."""
+"""`python -m embtune_utils` is the `embtune` command (see embtune_utils.cli)."""
 
 import sys
 
-from embtune_utils.course import main
+from embtune_utils.cli import main
 
 sys.exit(main())

@@ -94,10 +94,14 @@ def encode(model: Any, texts: list[str], batch_size: int | None = None, show_pro
 
 
 def model_fingerprint(model: Any) -> str:
-    """A short hash of a model's weights (a sample of every tensor), so caches change when the model does."""
+    """A short hash of a model's weights (a sample of each tensor, or its ONNX file): caches change with the model."""
     import hashlib
 
     digest = hashlib.sha256(str(getattr(model, "truncate_dim", None)).encode())  # truncation changes the output
+    first = model._first_module() if hasattr(model, "_first_module") else None
+    onnx_file = getattr(getattr(first, "auto_model", None), "path", None)
+    if isinstance(onnx_file, Path):  # an ONNX Runtime model has no torch parameters: hash its weights file
+        digest.update(onnx_file.read_bytes())
     for name, param in model.named_parameters():
         flat = param.detach().reshape(-1)
         digest.update(name.encode() + str(tuple(param.shape)).encode())

@@ -1,4 +1,4 @@
-"""The course's plots: score distributions, bar charts with error bars, training curves."""
+"""The course's plots: score distributions, bar charts with error bars, training curves, Pareto fronts."""
 
 from __future__ import annotations
 
@@ -78,6 +78,32 @@ def lines(series: dict[str, Any], xlabel: str, ylabel: str, title: str, logy: bo
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def pareto(rows: list[dict[str, Any]], costs: dict[str, str], title: str = "") -> Any:
+    """NDCG@10 against each cost (log x), one panel per cost; the Pareto-optimal rows are joined and labelled."""
+    import matplotlib.pyplot as plt
+
+    from embtune_utils.deploy import pareto_front
+
+    fig, axes = plt.subplots(1, len(costs), figsize=(6.5 * len(costs), 4.2), squeeze=False)
+    for ax, (cost, xlabel) in zip(axes[0], costs.items()):
+        xs, ys = np.array([r[cost] for r in rows], dtype=float), np.array([r["ndcg@10"] for r in rows], dtype=float)
+        ax.scatter(xs, ys, s=18, color="#999999")
+        front = pareto_front(rows, cost)
+        ax.plot(
+            [r[cost] for r in front], [r["ndcg@10"] for r in front], marker="o", color="#C44E52", label="Pareto front"
+        )
+        for r in front:
+            label = r["config"].removeprefix("finetuned ")  # the model most rows share
+            ax.annotate(label, (r[cost], r["ndcg@10"]), fontsize=7, xytext=(4, -8), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel="NDCG@10")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
     plt.show()
     return fig

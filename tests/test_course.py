@@ -52,7 +52,7 @@ def test_readme_markers_are_required():
 
 def test_cli_takes_flags_before_notebooks(tmp_path, monkeypatch):
     path = make_notebook(tmp_path / "01_cli.ipynb", "print('hi')")
-    monkeypatch.setattr(course, "update_readme", lambda paths: None)
+    monkeypatch.setattr(course, "update_readme", lambda *paths: None)
     assert course.main(["run", "--mode", "fast", str(path)]) == 0
     assert nbformat.read(path, as_version=4).metadata["embtune"]["mode"] == "fast"
 
@@ -66,3 +66,17 @@ def test_results_table_keeps_the_latest_scores_with_intervals(home):
     evaluate.save_results("06_evaluation", later, mode="default")
     table = course.results_table("default")
     assert table.count("| bm25 |") == 1 and "0.600 [0.550, 0.650]" in table and "06_evaluation" in table
+
+
+def test_deployment_table_lists_every_configuration_and_the_pick(home):
+    from embtune_utils import evaluate
+
+    assert "Not measured yet" in course.deployment_table("default")
+    row = {"config": "finetuned 384d binary + rescore", "ndcg@10": 0.5, "pct_of_ref": 97.0, "index_bytes": 2048}
+    row |= {"x_smaller": 32.0, "p50_ms": 0.1, "p95_ms": 0.2, "queries_per_s": 5000.0, "encode_per_s": 17.0}
+    results = {"rows": [row], "reference": "finetuned 384d flat", "n_test_queries": 9, "n_chunks": 40}
+    results["recommended"] = {"quality": {"config": "onnx-int8 384d int8 + rescore", "ndcg@10": 0.51}}
+    evaluate.save_results("07_deployment", results, mode="default")
+    table = course.deployment_table("default")
+    assert "| finetuned 384d binary + rescore | 0.500 | 97.0 | 2.0 KiB | 32.0 |" in table
+    assert "**onnx-int8 384d int8 + rescore**, NDCG@10 0.510" in table and "9 test questions over 40 chunks" in table

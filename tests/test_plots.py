@@ -29,3 +29,12 @@ def test_lines_log_scale_and_zero_line():
     assert fig.axes[0].get_yscale() == "log"
     fig = plots.lines({"d": [0.2, -0.1]}, xlabel="i", ylabel="v", title="t", zero=True)
     assert len(fig.axes[0].lines) == 2  # the series and y = 0
+
+
+def test_pareto_one_panel_per_cost_with_the_front_joined():
+    rows = [{"config": "finetuned a", "ndcg@10": 0.5, "size": 10.0}, {"config": "b", "ndcg@10": 0.4, "size": 1.0}]
+    rows += [{"config": "worse", "ndcg@10": 0.3, "size": 20.0}]
+    fig = plots.pareto(rows, {"size": "bytes"}, title="t")
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [1.0, 10.0] and fig.axes[0].get_xscale() == "log"
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["a", "b"]

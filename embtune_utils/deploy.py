@@ -1,0 +1,494 @@
+"""Deployment: Matryoshka truncation, int8/binary quantization with rescoring, FAISS indexes, ONNX int8, and the
+saved search artifact (model/ + index/) that `embtune search` loads."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embtune_utils import config, evaluate
+
+MATRYOSHKA_DIMS = (384, 256, 128, 64)  # the dimensions notebook 05's Matryoshka loss trained
+OVERSAMPLE = 4  # a quantized index hands k x this many candidates to rescoring
+KINDS = ("flat", "ivf", "hnsw", "ivfpq", "int8", "binary", "binary_hnsw")
+ARTIFACT_FORMAT = 1
+
+
+class DeployError(ValueError):
+    """A deployment setting or artifact the course cannot use; the message says what to do."""
+
+
+# ---------------------------------------------------------------- Matryoshka and quantization
+
+
+def truncate(emb: np.ndarray, dim: int) -> np.ndarray:
+    """The first `dim` coordinates of each embedding, re-normalised to unit length (Matryoshka truncation)."""
+    if not 0 < dim <= emb.shape[1]:
+        raise DeployError(f"cannot truncate {emb.shape[1]}-dim embeddings to {dim}: pick 1..{emb.shape[1]}.")
+    part = np.ascontiguousarray(emb[:, :dim], dtype=np.float32)
+    return part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+
+
+def int8_ranges(calibration: np.ndarray) -> np.ndarray:
+    """Per-dimension [min, max] of calibration embeddings (the corpus), shape (2, dim): the int8 scale."""
+    return np.stack([calibration.min(axis=0), calibration.max(axis=0)]).astype(np.float32)
+
+
+def to_int8(emb: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """int8 codes with sentence-transformers' `quantize_embeddings`, clipped to the calibrated range first."""
+    from sentence_transformers.quantization import quantize_embeddings
+
+    # Without the clip, a query coordinate above the corpus maximum would wrap around from +127 to -128.
+    clipped = np.clip(emb, ranges[0], ranges[1])
+    return quantize_embeddings(clipped, precision="int8", ranges=ranges)
+
+
+def from_int8(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """Approximate float vectors back from int8 codes (the inverse of `to_int8`'s linear map)."""
+    steps = (ranges[1] - ranges[0]) / 255
+    return ((codes.astype(np.float32) + 128) * steps + ranges[0]).astype(np.float32)
+
+
+def to_binary(emb: np.ndarray) -> np.ndarray:
+    """One bit per dimension (positive or not), packed 8 to a byte: `quantize_embeddings(..., "ubinary")`."""
+    from sentence_transformers.quantization import quantize_embeddings
+
+    if emb.shape[1] % 8:
+        raise DeployError(f"binary quantization needs a dimension divisible by 8, got {emb.shape[1]}.")
+    return quantize_embeddings(emb, precision="ubinary")
+
+
+# ---------------------------------------------------------------- FAISS indexes
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists for `n` vectors: about 4·√n, but at least 39 training vectors per list (FAISS's rule)."""
+    return int(max(4, min(4 * np.sqrt(n), n // 39)))
+
+
+def pq_bits(n: int) -> int:
+    """Bits per product-quantizer code for `n` training vectors: 8 (256 centroids) needs 39 x 256 of them."""
+    return int(np.clip(np.floor(np.log2(max(n, 2) / 39)), 1, 8))
+
+
+@dataclass
+class Index:
+    """A FAISS index, how queries are encoded for it, and optional rescoring against int8 document vectors."""
+
+    label: str
+    faiss_index: Any
+    kind: str
+    dim: int
+    ranges: np.ndarray | None = None  # int8 calibration (kind int8, or any index with rescoring)
+    rescore: np.ndarray | None = None  # int8 document vectors for rescoring (kept on disk when deployed)
+    oversample: int = OVERSAMPLE
+
+    def score_name(self) -> str:
+        """What the scores of `search` are: cosine (float or rescored), an int8 dot product, or minus Hamming bits."""
+        if self.rescore is not None or self.kind not in ("int8", "binary", "binary_hnsw"):
+            return "cosine"
+        return "int8 dot product" if self.kind == "int8" else "minus Hamming distance"
+
+    def nbytes(self) -> int:
+        """Bytes of the index itself (its FAISS serialization), what a server keeps in RAM."""
+        import faiss
+
+        serialize = faiss.serialize_index_binary if self.kind.startswith("binary") else faiss.serialize_index
+        return int(serialize(self.faiss_index).nbytes)
+
+    def rescore_nbytes(self) -> int:
+        """Bytes of the int8 rescoring vectors (0 without rescoring); they can stay on disk (memory-mapped)."""
+        return 0 if self.rescore is None else int(self.rescore.nbytes)
+
+    def _encode(self, query_emb: np.ndarray) -> np.ndarray:
+        q = truncate(query_emb, self.dim) if query_emb.shape[1] != self.dim else query_emb
+        if self.kind == "int8":
+            return to_int8(q, self.ranges).astype(np.float32)
+        if self.kind.startswith("binary"):
+            return to_binary(q)
+        return np.ascontiguousarray(q, dtype=np.float32)
+
+    def search(self, query_emb: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and row numbers of the top `k` documents per query (float query embeddings in, best first)."""
+        depth = min(k * self.oversample if self.rescore is not None else k, self.faiss_index.ntotal)
+        scores, idx = self.faiss_index.search(self._encode(query_emb), depth)
+        if self.kind.startswith("binary"):
+            scores = -scores.astype(np.float32)  # Hamming distance: fewer differing bits is better
+        if self.rescore is None:
+            return scores[:, :k], idx[:, :k]
+        q = truncate(query_emb, self.dim) if query_emb.shape[1] != self.dim else query_emb
+        docs = from_int8(self.rescore[np.maximum(idx, 0)], self.ranges)  # (queries, depth, dim)
+        rescored = np.einsum("qd,qkd->qk", q, docs)
+        rescored[idx < 0] = -np.inf
+        order = np.argsort(-rescored, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(rescored, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def build_index(doc_emb: np.ndarray, kind: str = "flat", rescore: bool = False, **params: int) -> Index:
+    """A FAISS index over unit-length float document embeddings; `params` set nlist/nprobe, m/ef_search, m_pq."""
+    import faiss
+
+    if kind not in KINDS:
+        raise DeployError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}.")
+    n, dim = doc_emb.shape
+    ip = faiss.METRIC_INNER_PRODUCT
+    ranges = int8_ranges(doc_emb) if (kind == "int8" or rescore) else None
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind in ("ivf", "ivfpq"):
+        nlist = params.get("nlist") or default_nlist(n)
+        coarse = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(coarse, dim, nlist, ip)
+        else:
+            nbits = params.get("nbits") or pq_bits(n)
+            index = faiss.IndexIVFPQ(coarse, dim, nlist, params.get("m_pq") or dim // 8, nbits, ip)
+        index.train(doc_emb)
+        index.nprobe = params.get("nprobe", 8)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params.get("m", 32), ip)
+        index.hnsw.efSearch = params.get("ef_search", 64)
+    elif kind == "int8":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed, ip)
+    elif kind == "binary":
+        index = faiss.IndexBinaryFlat(dim)
+    else:  # binary_hnsw
+        index = faiss.IndexBinaryHNSW(dim, params.get("m", 32))
+        index.hnsw.efSearch = params.get("ef_search", 64)
+    label = kind + "".join(f" {k}={v}" for k, v in params.items())
+    built = Index(label, index, kind, dim, ranges=ranges)
+    if kind == "int8":
+        index.add(to_int8(doc_emb, ranges).astype(np.float32))
+    elif kind.startswith("binary"):
+        index.add(to_binary(doc_emb))
+    else:
+        index.add(np.ascontiguousarray(doc_emb, dtype=np.float32))
+    if rescore:
+        built.rescore = to_int8(doc_emb, ranges)
+        built.label += " + rescore"
+    return built
+
+
+# ---------------------------------------------------------------- measuring a configuration
+
+
+def search_run(index: Index, doc_ids: list[str], query_ids: list[str], query_emb: np.ndarray, k: int = 10) -> dict:
+    """Top-k documents per query from an `Index`, as a run (query id → [(doc id, score)])."""
+    scores, idx = index.search(query_emb, k)
+    return {
+        qid: [(doc_ids[j], float(s)) for j, s in zip(row_idx, row_scores) if j >= 0]
+        for qid, row_idx, row_scores in zip(query_ids, idx, scores)
+    }
+
+
+def search_speed(index: Index, query_emb: np.ndarray, k: int = 10, max_single: int = 200) -> dict[str, float]:
+    """p50/p95 single-query search latency (ms, query already embedded) and batched queries per second."""
+    single = []
+    for row in query_emb[:max_single]:
+        start = time.perf_counter()
+        index.search(row[None, :], k)
+        single.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    index.search(query_emb, k)
+    batch_s = time.perf_counter() - start
+    return {
+        "p50_ms": 1000 * float(np.percentile(single, 50)),
+        "p95_ms": 1000 * float(np.percentile(single, 95)),
+        "queries_per_s": len(query_emb) / batch_s,
+    }
+
+
+def encode_speed(models: dict[str, Any], texts: list[str], repeat: int = 2) -> dict[str, float]:
+    """Passages per second of each model on the same texts, the models taking turns; the best of `repeat` rounds."""
+    best = dict.fromkeys(models, 0.0)
+    for model in models.values():  # one warm-up call each: first calls pay for lazy initialisation
+        evaluate.encode(model, texts[:4])
+    for _ in range(repeat):
+        for name, model in models.items():
+            start = time.perf_counter()
+            evaluate.encode(model, texts)
+            best[name] = max(best[name], len(texts) / (time.perf_counter() - start))
+    return best
+
+
+def measure(
+    model_name: str,
+    doc_emb: np.ndarray,
+    query_emb: np.ndarray,
+    doc_ids: list[str],
+    qrels: evaluate.Qrels,
+    dim: int | None = None,
+    kind: str = "flat",
+    rescore: bool = False,
+    **params: int,
+) -> dict[str, Any]:
+    """One row of the deployment table: build the index for a configuration, then its quality, bytes and speed."""
+    dim = dim or doc_emb.shape[1]
+    index = build_index(truncate(doc_emb, dim), kind, rescore, **params)
+    query_ids = list(qrels)
+    run = search_run(index, doc_ids, query_ids, query_emb)
+    ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
+    return {
+        "config": f"{model_name} {dim}d {index.label}",
+        "model": model_name,
+        "spec": {"dim": dim, "kind": kind, "rescore": rescore, "params": params},
+        "ndcg@10": float(ndcg.mean()),
+        "index_bytes": index.nbytes(),
+        "rescore_bytes": index.rescore_nbytes(),
+        **search_speed(index, query_emb),
+    }
+
+
+def finish_table(rows: list[dict[str, Any]], reference: str, encode_per_s: dict[str, float]) -> list[dict[str, Any]]:
+    """Add NDCG@10 as % of the `reference` row's, index size as times smaller, and each row's model's encode speed."""
+    ref = next((r for r in rows if r["config"] == reference), None)
+    if ref is None:
+        raise DeployError(f"no row named {reference!r} to compare against; the rows are {[r['config'] for r in rows]}.")
+    for row in rows:
+        row["pct_of_ref"] = 100 * row["ndcg@10"] / ref["ndcg@10"]
+        row["x_smaller"] = ref["index_bytes"] / row["index_bytes"]
+        row["encode_per_s"] = encode_per_s.get(row["model"], float("nan"))
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The deployment table as aligned text, one configuration per line."""
+    head = (
+        f"{'configuration':<42} {'NDCG@10':>7} {'% ref':>6} {'index':>9} {'x less':>6} {'rescore':>9} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'queries/s':>10} {'encode/s':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['config']:<42} {r['ndcg@10']:7.3f} {r['pct_of_ref']:6.1f} {human_bytes(r['index_bytes']):>9} "
+            f"{r['x_smaller']:6.1f} {human_bytes(r['rescore_bytes']) if r['rescore_bytes'] else '-':>9} "
+            f"{r['p50_ms']:7.3f} {r['p95_ms']:7.3f} {r['queries_per_s']:10.0f} {r['encode_per_s']:8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    """Bytes as a short human string (KiB, MiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def pareto_front(rows: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
+    """The rows that no other row beats on both NDCG@10 (higher) and `cost` (lower), cheapest first."""
+    front = [
+        r
+        for r in rows
+        if not any(
+            o["ndcg@10"] >= r["ndcg@10"] and o[cost] <= r[cost] and (o["ndcg@10"] > r["ndcg@10"] or o[cost] < r[cost])
+            for o in rows
+        )
+    ]
+    return sorted(front, key=lambda r: r[cost])
+
+
+def recommend(rows: list[dict[str, Any]], min_pct: float = 99.0) -> dict[str, Any]:
+    """The smallest index (then the lowest p95 latency) among rows that keep at least `min_pct`% of the reference."""
+    good = [r for r in rows if r["pct_of_ref"] >= min_pct]
+    if not good:
+        raise DeployError(f"no configuration keeps {min_pct}% of the reference quality: lower min_pct.")
+    return min(good, key=lambda r: (r["index_bytes"], r["p95_ms"]))
+
+
+# ---------------------------------------------------------------- ONNX int8
+
+
+def onnx_config() -> str:
+    """The ONNX Runtime quantization config for this CPU: arm64, avx512_vnni, or avx2 (any x86-64 since 2013)."""
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """Silence Python warnings and the info/warning logs of the exporting libraries inside the block."""
+    loggers = [logging.getLogger(name) for name in ("sentence_transformers", "transformers", "optimum")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def export_onnx_int8(model_dir: Path) -> Path:
+    """Export a saved model to ONNX with int8 weights (dynamic quantization); returns the file, reused if present."""
+    try:
+        from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise DeployError(f"ONNX export needs optimum: `pip install 'optimum-onnx[onnxruntime]'` ({err}).") from err
+    name = onnx_config()
+    found = sorted((Path(model_dir) / "onnx").glob(f"model_*int8_{name}.onnx"))
+    if found:
+        return found[0]
+    if not (Path(model_dir) / "modules.json").is_file():
+        raise DeployError(f"{model_dir} is not a saved sentence-transformers model: run notebook 05 first.")
+    with quiet_export():  # the exporter's tracer and "please save the fp32 export" warnings are expected here
+        try:
+            fp32 = SentenceTransformer(str(model_dir), backend="onnx", device="cpu")  # exported in memory
+        except ImportError as err:
+            raise DeployError(f"ONNX export needs optimum: `pip install 'optimum-onnx[onnxruntime]'` ({err}).") from err
+        export_dynamic_quantized_onnx_model(fp32, name, str(model_dir))
+    found = sorted((Path(model_dir) / "onnx").glob(f"model_*int8_{name}.onnx"))
+    if not found:
+        raise DeployError(f"the int8 export wrote no onnx/model_*int8_{name}.onnx under {model_dir}.")
+    return found[0]
+
+
+def load_onnx(model_dir: Path, onnx_file: Path | str) -> Any:
+    """A SentenceTransformer that runs `onnx_file` (inside `model_dir`) with ONNX Runtime on the CPU."""
+    from sentence_transformers import SentenceTransformer
+
+    file_name = Path(onnx_file)
+    file_name = file_name.relative_to(model_dir) if file_name.is_absolute() else file_name
+    if not (Path(model_dir) / file_name).is_file():
+        raise DeployError(
+            f"no ONNX file {file_name} in {model_dir}: export it with deploy.export_onnx_int8({str(model_dir)!r})."
+        )
+    return SentenceTransformer(
+        str(model_dir), backend="onnx", device="cpu", model_kwargs={"file_name": file_name.as_posix()}
+    )
+
+
+# ---------------------------------------------------------------- the deployable artifact
+
+
+def artifact_dir(mode: str | None = None) -> Path:
+    """Where notebook 07 saves the deployable artifact (model/ + index/)."""
+    return config.artifacts_dir(mode) / "deploy"
+
+
+def save_artifact(
+    folder: Path,
+    model_dir: Path,
+    onnx_file: Path | None,
+    corpus: dict[str, dict[str, Any]],
+    index: Index,
+    params: dict[str, Any],
+    quality: dict[str, Any],
+) -> Path:
+    """Write model/ (with its ONNX file, if any) and index/ (FAISS index, int8 rescoring vectors, chunks, metadata).
+
+    Written to a temporary folder first and renamed into place, so an interrupted save leaves the old artifact whole.
+    """
+    import faiss
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
+    (tmp / "index").mkdir()
+    write = faiss.write_index_binary if index.kind.startswith("binary") else faiss.write_index
+    write(index.faiss_index, str(tmp / "index" / "index.faiss"))
+    if index.rescore is not None:
+        np.save(tmp / "index" / "rescore_int8.npy", index.rescore)
+    with open(tmp / "index" / "chunks.jsonl", "w") as f:
+        for doc_id, doc in corpus.items():
+            f.write(json.dumps({"_id": doc_id, "title": doc.get("title", ""), "text": doc["text"]}) + "\n")
+    metadata = {
+        "format": ARTIFACT_FORMAT,
+        "model": "../model",
+        "onnx_file": None if onnx_file is None else Path(onnx_file).relative_to(model_dir).as_posix(),
+        "index": {"kind": index.kind, "dim": index.dim, "params": params, "oversample": index.oversample},
+        "rescore": index.rescore is not None,
+        "ranges": None if index.ranges is None else index.ranges.tolist(),
+        "n_docs": len(corpus),
+        "quality": quality,
+        "created": date.today().isoformat(),
+        "machine": config.describe(),
+    }
+    evaluate.write_json(tmp / "index" / "metadata.json", metadata)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.replace(old)
+    tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+@dataclass
+class Deployment:
+    """A loaded artifact: the ONNX model, the index and the chunks; `search(text)` returns the top chunks."""
+
+    model: Any
+    index: Index
+    chunks: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+    def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
+        """The top `k` chunks for a query: rank, id, score, title, text."""
+        if not query.strip():
+            raise DeployError("the query is empty: pass some text to search for.")
+        scores, idx = self.index.search(evaluate.encode(self.model, [query], batch_size=1), k)
+        hits = [(j, s) for j, s in zip(idx[0], scores[0]) if j >= 0]
+        return [
+            {"rank": r + 1, "id": self.chunks[j]["_id"], "score": float(s)}
+            | {f: self.chunks[j][f] for f in ("title", "text")}
+            for r, (j, s) in enumerate(hits)
+        ]
+
+
+def load_artifact(folder: Path | str) -> Deployment:
+    """Load an artifact written by `save_artifact`; a missing or foreign folder is a DeployError that says why."""
+    import faiss
+
+    folder = Path(folder)
+    meta_path = folder / "index" / "metadata.json"
+    if not meta_path.is_file():
+        raise DeployError(
+            f"{folder} has no index/metadata.json: it is not a deployment artifact. Run notebook 07 (it saves one to "
+            f"{artifact_dir().relative_to(config.repo_root())}) or pass --artifact with the folder it printed."
+        )
+    metadata = json.loads(meta_path.read_text())
+    if metadata.get("format") != ARTIFACT_FORMAT:
+        raise DeployError(f"{folder} has artifact format {metadata.get('format')}, this code reads {ARTIFACT_FORMAT}.")
+    spec = metadata["index"]
+    read = faiss.read_index_binary if spec["kind"].startswith("binary") else faiss.read_index
+    faiss_index = read(str(folder / "index" / "index.faiss"))
+    if "ef_search" in spec["params"]:
+        faiss_index.hnsw.efSearch = spec["params"]["ef_search"]
+    if "nprobe" in spec["params"]:
+        faiss_index.nprobe = spec["params"]["nprobe"]
+    ranges = None if metadata["ranges"] is None else np.asarray(metadata["ranges"], dtype=np.float32)
+    rescore = np.load(folder / "index" / "rescore_int8.npy", mmap_mode="r") if metadata["rescore"] else None
+    index = Index("deployed", faiss_index, spec["kind"], spec["dim"], ranges, rescore, spec["oversample"])
+    chunks = [json.loads(line) for line in (folder / "index" / "chunks.jsonl").read_text().splitlines()]
+    if len(chunks) != faiss_index.ntotal:
+        raise DeployError(f"{folder}: {len(chunks)} chunks but {faiss_index.ntotal} vectors; save the artifact again.")
+    model_dir = (folder / "index" / metadata["model"]).resolve()
+    if metadata["onnx_file"]:
+        model = load_onnx(model_dir, metadata["onnx_file"])
+    else:  # the torch model (when the int8 ONNX model lost too much quality to be chosen)
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(model_dir), device="cpu")
+    return Deployment(model, index, chunks, metadata)
