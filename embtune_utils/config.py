@@ -36,6 +36,7 @@ class ModeSettings:
     max_train_pairs: int | None  # cap on the final training run's pairs (None = all)
     epochs: int  # passes over the training pairs in the final run (early stopping may end it sooner)
     eval_steps: int  # dev evaluation (and checkpoint) every this many steps
+    max_generate_chunks: int | None  # `embtune run`: chunks that get synthetic queries (None = all)
 
 
 _SETTINGS = {
@@ -53,6 +54,7 @@ _SETTINGS = {
         max_train_pairs=96,
         epochs=1,
         eval_steps=2,
+        max_generate_chunks=24,
     ),
     # default: the real CPU course, all articles and all test questions.
     "default": ModeSettings(
@@ -68,6 +70,7 @@ _SETTINGS = {
         max_train_pairs=None,
         epochs=1,
         eval_steps=10,
+        max_generate_chunks=None,
     ),
     # full: everything, bigger batches, for GPUs.
     "full": ModeSettings(
@@ -83,6 +86,7 @@ _SETTINGS = {
         max_train_pairs=None,
         epochs=3,
         eval_steps=10,
+        max_generate_chunks=None,
     ),
 }
 

@@ -386,6 +386,51 @@ def artifact_dir(mode: str | None = None) -> Path:
     return config.artifacts_dir(mode) / "deploy"
 
 
+def _write_index(
+    folder: Path,
+    onnx_file: str | None,
+    corpus: dict[str, dict[str, Any]],
+    index: Index,
+    params: dict[str, Any],
+    quality: dict[str, Any],
+) -> None:
+    """Write index.faiss, rescore_int8.npy (if any), chunks.jsonl and metadata.json into a new folder."""
+    import faiss
+
+    folder.mkdir(parents=True)
+    write = faiss.write_index_binary if index.kind.startswith("binary") else faiss.write_index
+    write(index.faiss_index, str(folder / "index.faiss"))
+    if index.rescore is not None:
+        np.save(folder / "rescore_int8.npy", index.rescore)
+    with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
+        for doc_id, doc in corpus.items():
+            f.write(json.dumps({"_id": doc_id, "title": doc.get("title", ""), "text": doc["text"]}) + "\n")
+    metadata = {
+        "format": ARTIFACT_FORMAT,
+        "model": "../model",
+        "onnx_file": onnx_file,
+        "index": {"kind": index.kind, "dim": index.dim, "params": params, "oversample": index.oversample},
+        "rescore": index.rescore is not None,
+        "ranges": None if index.ranges is None else index.ranges.tolist(),
+        "n_docs": len(corpus),
+        "quality": quality,
+        "created": date.today().isoformat(),
+        "machine": config.describe(),
+    }
+    evaluate.write_json(folder / "metadata.json", metadata)
+
+
+def _swap_in(tmp: Path, folder: Path) -> Path:
+    """Replace `folder` by the finished `tmp` folder (two renames), leaving the old one whole until the last step."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.replace(old)
+    tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def save_artifact(
     folder: Path,
     model_dir: Path,
@@ -399,40 +444,26 @@ def save_artifact(
 
     Written to a temporary folder first and renamed into place, so an interrupted save leaves the old artifact whole.
     """
-    import faiss
-
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
-    (tmp / "index").mkdir()
-    write = faiss.write_index_binary if index.kind.startswith("binary") else faiss.write_index
-    write(index.faiss_index, str(tmp / "index" / "index.faiss"))
-    if index.rescore is not None:
-        np.save(tmp / "index" / "rescore_int8.npy", index.rescore)
-    with open(tmp / "index" / "chunks.jsonl", "w") as f:
-        for doc_id, doc in corpus.items():
-            f.write(json.dumps({"_id": doc_id, "title": doc.get("title", ""), "text": doc["text"]}) + "\n")
-    metadata = {
-        "format": ARTIFACT_FORMAT,
-        "model": "../model",
-        "onnx_file": None if onnx_file is None else Path(onnx_file).relative_to(model_dir).as_posix(),
-        "index": {"kind": index.kind, "dim": index.dim, "params": params, "oversample": index.oversample},
-        "rescore": index.rescore is not None,
-        "ranges": None if index.ranges is None else index.ranges.tolist(),
-        "n_docs": len(corpus),
-        "quality": quality,
-        "created": date.today().isoformat(),
-        "machine": config.describe(),
-    }
-    evaluate.write_json(tmp / "index" / "metadata.json", metadata)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.replace(old)
-    tmp.replace(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    onnx_name = None if onnx_file is None else Path(onnx_file).relative_to(model_dir).as_posix()
+    _write_index(tmp / "index", onnx_name, corpus, index, params, quality)
+    return _swap_in(tmp, folder)
+
+
+def save_index(
+    folder: Path, corpus: dict[str, dict[str, Any]], index: Index, params: dict[str, Any], quality: dict[str, Any]
+) -> Path:
+    """Write only index/ next to an existing model/ folder (as `embtune run` does), atomically; returns index/."""
+    target = Path(folder) / "index"
+    if not (Path(folder) / "model" / "modules.json").is_file():
+        raise DeployError(f"{folder} has no model/ folder: save the model before its index.")
+    tmp = target.with_name("index.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_index(tmp, None, corpus, index, params, quality)
+    return _swap_in(tmp, target)
 
 
 @dataclass

@@ -145,10 +145,12 @@ def search_index(index: Any, doc_ids: list[str], query_ids: list[str], query_emb
     }
 
 
-def dense_run(model: Any, corpus: dict[str, dict[str, Any]], queries: dict[str, str], k: int = 100) -> Run:
-    """Embed the corpus (cached) and the queries with `model` and search exactly with FAISS."""
+def dense_run(
+    model: Any, corpus: dict[str, dict[str, Any]], queries: dict[str, str], k: int = 100, cache: bool = True
+) -> Run:
+    """Embed the corpus (cached under the course's artifacts/ unless cache=False) and the queries; search exactly."""
     doc_ids = list(corpus)
-    index = flat_index(corpus_embeddings(model, corpus))
+    index = flat_index(corpus_embeddings(model, corpus, cache=cache))
     query_ids = list(queries)
     return search_index(index, doc_ids, query_ids, encode(model, [queries[q] for q in query_ids]), k)
 

@@ -554,6 +554,27 @@ def local_generator(temperature: float = 0.7, n: int = N_QUERIES) -> Generator:
     )
 
 
+def make_generator(
+    name: str, state_dir: Path, base_url: str | None = None, model: str = config.OPENAI_MODEL
+) -> tuple[Generator, Backend | None]:
+    """The provenance and backend of a generator named on the command line; 'cache' replays only (no backend)."""
+    from embtune_utils import rag
+
+    if name not in GENERATORS:
+        raise GenerationError(f"Unknown generator {name!r}: use one of {', '.join(GENERATORS)}.")
+    if name == "cache":
+        return local_generator(), None  # the shipped cache was written by the local generator
+    if name == "local":
+        return local_generator(), local_backend()
+    if name == "openai-compatible" and not (base_url or os.environ.get("OPENAI_BASE_URL")):
+        raise GenerationError("--generator openai-compatible needs --base-url (or OPENAI_BASE_URL): the server's URL.")
+    client = rag.openai_client(base_url if name == "openai-compatible" else None)
+    params = (("temperature", 0.7),)
+    if name == "openai-batch":
+        return Generator("openai-batch", model, params), batch_backend(client, model, state_dir)
+    return Generator("openai" if name == "openai" else "openai-compatible", model, params), chat_backend(client, model)
+
+
 # ---------------------------------------------------------------- command line (long runs in the background)
 
 

@@ -159,14 +159,13 @@ def _check_one_batch(dataset: Any, args: Any) -> None:
 def short_run(model: Any, loss: Any, dataset: Any, args: Any, optimizer: Any = None) -> dict[str, Any]:
     """Train `model` in place with `loss` on `dataset`; returns the logged losses, time and peak memory."""
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
-    from transformers.trainer_callback import PrinterCallback
 
     _check_one_batch(dataset, args)
-    config.set_seed()
+    config.set_seed(args.seed)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, optimizers=(optimizer, None)
     )
-    trainer.remove_callback(PrinterCallback)  # the logged losses are returned, not printed step by step
+    quiet(trainer)  # the logged losses are returned, not printed step by step
     with track_resources() as usage:
         trainer.train()
     logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -191,14 +190,17 @@ def dev_scores(model: Any, beir: data.Beir, split: str = "dev") -> dict[str, flo
 PATIENCE = 3  # evaluations without a better dev score before training stops
 
 
-def ir_evaluator(beir: data.Beir, split: str = "dev", batch_size: int | None = None) -> Any:
-    """sentence-transformers' InformationRetrievalEvaluator on a split's questions against that split's chunks."""
+def ir_evaluator(
+    beir: data.Beir, split: str = "dev", batch_size: int | None = None, corpus: dict[str, Any] | None = None
+) -> Any:
+    """sentence-transformers' InformationRetrievalEvaluator on a split's questions against that split's chunks
+    (or against `corpus`, for data whose chunks carry no article split)."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     queries = beir.split_queries(split)
     if not queries:
         raise TrainError(f"The {split!r} split has no questions with relevant chunks: check the qrels of that split.")
-    corpus = data.split_corpus(beir, split)
+    corpus = data.split_corpus(beir, split) if corpus is None else corpus
     return InformationRetrievalEvaluator(
         queries=queries,
         corpus={cid: c["text"] for cid, c in corpus.items()},
@@ -264,10 +266,9 @@ def fit(
     """Train with dev evaluation, early stopping and checkpoints; resumes from args.output_dir's last checkpoint."""
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
     from transformers import EarlyStoppingCallback
-    from transformers.trainer_callback import PrinterCallback
 
     _check_one_batch(dataset, args)
-    config.set_seed()
+    config.set_seed(args.seed)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
@@ -277,7 +278,7 @@ def fit(
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), *(callbacks or [])],
         optimizers=(optimizer, None),
     )
-    trainer.remove_callback(PrinterCallback)
+    quiet(trainer)
     checkpoint = last_checkpoint(Path(args.output_dir)) if resume else None
     with track_resources() as usage:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -295,6 +296,20 @@ def fit(
         "peak_mb": usage.peak_mb,
         "memory": usage.memory,
     }
+
+
+def quiet(trainer: Any) -> None:
+    """No metrics dict printed at every logged step: drop the printer, and keep a bar (if any) without its prints."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            return None
+
+    trainer.remove_callback(PrinterCallback)
+    if not trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(QuietProgress())
 
 
 # ---------------------------------------------------------------- partial fine-tuning
@@ -448,16 +463,26 @@ def train_model(
     base_model: str = config.BASE_MODEL,
     resume: bool = True,
     callbacks: list[Any] | None = None,
+    rows: list[dict[str, Any]] | None = None,
+    corpus: dict[str, dict[str, Any]] | None = None,
+    dev_corpus: dict[str, dict[str, Any]] | None = None,
+    seed: int = config.SEED,
+    progress: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """The course's training run: base model, fit on the source's pairs with dev early stopping; (model, result)."""
+    """The course's training run: base model, fit on the source's pairs with dev early stopping; (model, result).
+
+    `rows`, `corpus` and `dev_corpus` replace the course's training rows and its per-split chunks (as `embtune run`
+    does for your own corpus: rows over `corpus`, dev questions searched against `dev_corpus`, else all of `corpus`).
+    """
     from embtune_utils import losses, models
 
     settings = config.settings()
     model = models.load_model(base_model, verbose=False)
-    train_corpus = data.split_corpus(beir, "train")
-    rows = sample_rows(course_rows(beir, model, source, hard_negatives), settings.max_train_pairs)
-    dataset = negatives.to_dataset(rows, train_corpus, n=hard_negatives)
-    evaluator = ir_evaluator(beir, "dev")
+    if rows is None:
+        rows = course_rows(beir, model, source, hard_negatives)
+    rows = sample_rows(rows, settings.max_train_pairs, seed)
+    dataset = negatives.to_dataset(rows, corpus or data.split_corpus(beir, "train"), n=hard_negatives)
+    evaluator = ir_evaluator(beir, "dev", corpus=dev_corpus or corpus)
     args = fit_args(
         output_dir,
         evaluator,
@@ -465,6 +490,9 @@ def train_model(
         batch_size=batch_size or settings.train_batch_size,
         learning_rate=learning_rate,
         num_train_epochs=epochs or settings.epochs,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not progress,
     )
     import hashlib
 

@@ -2,7 +2,8 @@
 
 It serves chat completions, file upload/download and the Batch API, and can be scripted to fail:
 each chat request takes the next action from `server.chat_script` ("ok", "429", "500", "timeout",
-"reset", "malformed", "empty"); batch lines whose custom_id is in `server.batch_fail_once` fail the first time.
+"reset", "malformed", "empty"); batch lines whose custom_id is in `server.batch_fail_once` fail the first time;
+`server.query_fn` makes the queries of a successful chat reply.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return None
         content = {"malformed": "Sure! Here are some thoughts about the passage.", "empty": ""}.get(
-            action, json.dumps({"queries": fake_queries(passage)})
+            action, json.dumps({"queries": self.server.query_fn(passage)})
         )
         return self._send(200, completion(content, body["model"]))
 
@@ -177,6 +178,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.batches_created: list[str] = []
         self.batch_lines_seen: list[str] = []
         self.batch_fail_once: set[str] = set()
+        self.query_fn = fake_queries  # passage prompt -> the queries a reply carries (a test may swap it)
         self.ids = itertools.count(1)
 
     @property

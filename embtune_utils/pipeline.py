@@ -1,0 +1,548 @@
+"""`embtune run`: the course's steps as resumable stages on your own corpus, with the notebooks' own functions.
+
+load → queries → negatives → train → evaluate → deploy → report. Each stage writes its outputs under --out
+atomically, then a record `stages/<name>.json` whose key hashes the stage's settings and the previous stage's key.
+A re-run skips every stage whose key is unchanged: a changed setting re-runs the stage it affects and those after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embtune_utils import config, data, deploy, evaluate, negatives, synth, train
+
+STAGES = ("load", "queries", "negatives", "train", "evaluate", "deploy", "report")
+TRAIN_QUERIES = ("synthetic", "real", "both")
+SCHEMA_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")  # metrics.json, per retriever
+RETRIEVERS = ("bm25", "base", "finetuned", "hybrid")
+DEV_SHARE = 0.2  # of the training queries held out for dev when the corpus has no dev qrels
+MAX_DEV_QUERIES = 200
+DEV_CORPUS_MAX = 500  # dev questions are searched among their passages plus a sample (early stopping only)
+SHIPPED_CACHE = "synthetic/queries_smollm2.jsonl"  # under data/: the course's local-generator run
+
+
+class RunError(ValueError):
+    """A user error in `embtune run`'s input or flags; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `embtune run` was asked to do."""
+
+    corpus: str
+    out: str
+    base_model: str = config.BASE_MODEL
+    mode: str = "default"
+    train_queries: str = "both"
+    generator: str = "cache"
+    base_url: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = config.SEED
+    hard_negatives: int = train.FINAL["hard_negatives"]
+
+    def check(self) -> None:
+        """Reject flag values that cannot work, before any stage runs."""
+        if self.train_queries not in TRAIN_QUERIES:
+            raise RunError(f"--train-queries {self.train_queries!r}: use one of {', '.join(TRAIN_QUERIES)}.")
+        if self.generator not in synth.GENERATORS:
+            raise RunError(f"--generator {self.generator!r}: use one of {', '.join(synth.GENERATORS)}.")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value is not None and value < (2 if flag == "--batch-size" else 1):
+                raise RunError(
+                    f"{flag} {value}: use a positive number (batch size at least 2, for in-batch negatives)."
+                )
+        if not 0 <= self.hard_negatives <= negatives.RECIPE["num_negatives"]:
+            raise RunError(f"--hard-negatives {self.hard_negatives}: use 0..{negatives.RECIPE['num_negatives']}.")
+        config.get_mode(self.mode)
+
+    def settings_of(self, stage: str) -> dict[str, Any]:
+        """The settings that change a stage's output (its key also includes the previous stage's key)."""
+        by_stage = {
+            "load": {"corpus": corpus_fingerprint(Path(self.corpus)), "base_model": self.base_model, "seed": self.seed},
+            "queries": {"train_queries": self.train_queries, "generator": self.generator, "mode": self.mode},
+            "negatives": {"hard_negatives": self.hard_negatives},
+            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "recipe": train.FINAL, "mode": self.mode},
+        }
+        return by_stage.get(stage, {})
+
+
+def corpus_fingerprint(path: Path) -> str:
+    """A hash of the corpus files' names, sizes and modification times (or of the dataset name)."""
+    if not path.exists():
+        return str(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    parts = [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime) for p in files]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- stage 1: load (and chunk)
+
+
+def load_stage(cfg: RunConfig, out: Path, tokenizer: Any) -> tuple[dict[str, Any], str]:
+    """Read the corpus (BEIR folder, folder of .txt/.md, or HF dataset name), chunk long documents, write data/."""
+    path = Path(cfg.corpus).expanduser()
+    if (path / "corpus.jsonl").is_file():
+        beir = data.load_beir(path)
+        for doc_id, doc in beir.corpus.items():  # each document is its own "article" for the negatives' guard
+            doc["metadata"] = {"doc_id": doc_id, **(doc.get("metadata") or {})}
+        if not beir.qrels.get("test"):
+            raise RunError(
+                f"{path / 'qrels' / 'test.tsv'} is missing or empty: a BEIR folder needs test qrels to score the "
+                "model. Add them, or pass a folder of .txt files (its test queries are generated)."
+            )
+        max_len = getattr(tokenizer, "model_max_length", 512)
+        long_docs = sum(
+            len(tokenizer(d["text"], add_special_tokens=False)["input_ids"]) > max_len for d in beir.corpus.values()
+        )
+        kind = "beir"
+    else:
+        if path.is_dir():
+            docs = data.load_text_folder(path)
+            kind = "text"
+        elif not path.exists() and "/" in cfg.corpus and not cfg.corpus.startswith((".", "/", "~")):
+            docs = data.load_hf_corpus(cfg.corpus)
+            kind = "huggingface"
+        else:
+            raise RunError(f"--corpus {cfg.corpus}: no such folder. Pass a BEIR folder, a folder of .txt/.md files "
+                           "or a Hugging Face dataset name.")  # fmt: skip
+        if len(docs) < 3:
+            raise RunError(f"{cfg.corpus} has {len(docs)} document(s): at least 3 are needed, so that training, dev "
+                           "and test questions come from different documents.")  # fmt: skip
+        split_of = data.split_articles(list(docs), seed=cfg.seed)
+        corpus = {}
+        for doc_id, doc in docs.items():
+            spans = data.chunk_spans(doc["text"], tokenizer, config.CHUNK_TOKENS, config.CHUNK_OVERLAP)
+            for n, (start, end) in enumerate(spans):
+                meta = {"doc_id": doc_id, "split": split_of[doc_id], "char_start": start, "char_end": end}
+                corpus[f"{doc_id}#{n:03d}"] = {"title": doc["title"], "text": doc["text"][start:end], "metadata": meta}
+        beir = data.Beir(corpus, {}, {})
+        long_docs = sum(len(data.chunk_spans(d["text"], tokenizer, config.CHUNK_TOKENS, 0)) > 1 for d in docs.values())
+    data.write_beir(beir, out / "data")
+    counts = {split: len(q) for split, q in beir.qrels.items()}
+    result = {"kind": kind, "documents": len({c["metadata"]["doc_id"] for c in beir.corpus.values()})}
+    result |= {"chunks": len(beir.corpus), "labelled_queries": counts, "long_documents": long_docs}
+    line = f"{kind}: {result['documents']} documents → {len(beir.corpus)} passages; labelled queries {counts or 'none'}"
+    return result, line
+
+
+# ---------------------------------------------------------------- stage 2: queries (generate, filter, splits)
+
+
+def _eligible_chunks(beir: data.Beir, kind: str, seed: int) -> dict[str, str]:
+    """Passages that get synthetic queries: all (or, in fast mode, a seeded sample spread over the splits)."""
+    cap = config.settings().max_generate_chunks
+    ids = list(beir.corpus)
+    if cap is not None and len(ids) > cap:
+        rng = random.Random(seed)
+        if kind == "beir":
+            ids = rng.sample(ids, cap)
+        else:  # every split keeps a share, so that dev and test get questions
+            ids = []
+            for split, share in config.SPLIT_FRACTIONS.items():
+                pool = [c for c, d in beir.corpus.items() if d["metadata"]["split"] == split]
+                ids += rng.sample(pool, min(len(pool), max(2, round(cap * share))))
+    return {cid: beir.corpus[cid]["text"] for cid in ids}
+
+
+def _generated(cfg: RunConfig, out: Path, chunks: dict[str, str]) -> tuple[dict[str, list[str]], str]:
+    """Queries per passage from the chosen generator (resumable cache under --out), and the generator's name."""
+    generator, backend = synth.make_generator(cfg.generator, out / "batch", cfg.base_url)
+    cache = out / "queries.jsonl"
+    if backend is None:  # replay: --out's cache, then the course's shipped cache (it covers the COVID-QA chunks)
+        queries = synth.cached_queries(config.data_dir() / SHIPPED_CACHE, generator, chunks) if _has_repo() else {}
+        queries |= synth.cached_queries(cache, generator, chunks)
+        if not queries:
+            raise RunError(
+                "--generator cache found no cached queries for these passages (the shipped cache covers the course's "
+                "COVID-QA training chunks only): use --generator local (offline; slow on a CPU), openai or "
+                "openai-compatible --base-url URL."
+            )
+        return queries, f"{generator.backend} ({generator.model}), replayed"
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(chunks), desc="generating queries", unit="passage")
+    done = len(synth.cached_queries(cache, generator, chunks))
+    bar.update(done)
+
+    def progress(n: int, total: int) -> None:
+        bar.update(1)
+
+    queries = synth.generate(chunks, backend, generator, cache, progress)
+    bar.close()
+    return queries, f"{generator.backend} ({generator.model})"
+
+
+def _has_repo() -> bool:
+    try:
+        config.repo_root()
+        return True
+    except config.ConfigError:
+        return False
+
+
+def _hold_out(pairs: list[dict[str, Any]], share: float, seed: int, prefix: str) -> tuple[list, dict, dict]:
+    """Move a seeded share of the (query, chunk) pairs into held-out queries and qrels; returns the rest too."""
+    rng = random.Random(seed)
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    n = min(MAX_DEV_QUERIES, max(1, round(share * len(pairs))))
+    held = set(order[:n])
+    queries = {f"{prefix}{i}": pairs[i]["query"] for i in sorted(held)}
+    qrels = {f"{prefix}{i}": {pairs[i]["chunk_id"]: 1} for i in sorted(held)}
+    return [p for i, p in enumerate(pairs) if i not in held], queries, qrels
+
+
+def queries_stage(cfg: RunConfig, out: Path, model: Any, kind: str) -> tuple[dict[str, Any], str]:
+    """Training pairs (synthetic after the course's filters, real, or both), and dev/test questions; writes dataset/."""
+    beir = data.load_beir(out / "data")
+    if cfg.train_queries == "real" and not beir.qrels.get("train"):
+        where = "no qrels/train.tsv" if kind == "beir" else "only BEIR folders with qrels have them"
+        raise RunError(f"--train-queries real needs labelled training queries and {cfg.corpus} has none ({where}): "
+                       "add them, or use --train-queries synthetic.")  # fmt: skip
+    result: dict[str, Any] = {}
+    synthetic: list[dict[str, Any]] = []
+    if cfg.train_queries in ("synthetic", "both") or kind != "beir":
+        chunks = _eligible_chunks(beir, kind, cfg.seed)
+        queries, result["generator"] = _generated(cfg, out, chunks)
+        pairs = synth.to_pairs(queries)
+        if kind != "beir":  # held-out documents' first generated question becomes a dev or test query
+            for split in ("dev", "test"):
+                held = [
+                    p for p in synth.filter_length(pairs)[0] if beir.corpus[p["chunk_id"]]["metadata"]["split"] == split
+                ]
+                first = {}
+                for p in held:
+                    first.setdefault(p["chunk_id"], p["query"])
+                beir.qrels[split] = {f"gen-{split}-{n}": {cid: 1} for n, cid in enumerate(first)}
+                beir.queries |= {f"gen-{split}-{n}": q for n, q in enumerate(first.values())}
+            pairs = [p for p in pairs if beir.corpus[p["chunk_id"]]["metadata"]["split"] == "train"]
+        heldout = [beir.queries[q] for split in ("dev", "test") for q in beir.qrels.get(split, {})]
+        texts = {cid: beir.corpus[cid]["text"] for cid in {p["chunk_id"] for p in pairs}}
+        synthetic, _, result["filters"] = synth.apply_filters(pairs, texts, model, heldout, beir.corpus)
+    real = []
+    if cfg.train_queries in ("real", "both"):
+        real = [{"query": beir.queries[q], "chunk_id": c} for q, rels in beir.qrels.get("train", {}).items()
+                for c, score in rels.items() if score > 0]  # fmt: skip
+    if not beir.qrels.get("dev"):  # hold dev out of the training queries, real ones first
+        from_real = len(real) >= 10 or not synthetic
+        if not (real if from_real else synthetic):
+            raise RunError("no queries to hold out for dev: add qrels/dev.tsv or use --train-queries synthetic.")
+        rest, dev_q, dev_qrels = _hold_out(real if from_real else synthetic, DEV_SHARE, cfg.seed, "dev-")
+        real, synthetic = (rest, synthetic) if from_real else (real, rest)
+        beir.queries |= dev_q
+        beir.qrels["dev"] = dev_qrels
+        result["dev_from"] = "real training queries" if from_real else "synthetic queries"
+    if not beir.qrels.get("test"):
+        raise RunError(f"no test queries: {cfg.corpus} gave no generated questions for its held-out documents; "
+                       "add documents or use a BEIR folder with qrels/test.tsv.")  # fmt: skip
+    if not real + synthetic:
+        raise RunError("no training pairs are left: check the generator's output (queries.jsonl) or add train qrels.")
+    test_cap = config.settings().max_test_queries
+    if test_cap is not None and len(beir.qrels["test"]) > test_cap:
+        keep = set(random.Random(cfg.seed).sample(sorted(beir.qrels["test"]), test_cap))
+        beir.qrels["test"] = {q: r for q, r in beir.qrels["test"].items() if q in keep}
+    data.write_beir(beir, out / "dataset")
+    _write_jsonl(out / "train_pairs.jsonl", real + synthetic)
+    result |= {"pairs": {"real": len(real), "synthetic": len(synthetic)}}
+    result |= {"dev_queries": len(beir.qrels["dev"]), "test_queries": len(beir.qrels["test"])}
+    result["test_kind"] = "labelled (qrels/test.tsv)" if kind == "beir" else "generated, from held-out documents"
+    line = f"{len(real)} real + {len(synthetic)} synthetic training pairs; dev {result['dev_queries']}, "
+    return result, line + f"test {result['test_queries']} ({result['test_kind']})"
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSON lines written atomically."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- stages 3-4: negatives, train
+
+
+def negatives_stage(cfg: RunConfig, out: Path, model: Any) -> tuple[dict[str, Any], str]:
+    """Hard negatives with notebook 03's recipe when --hard-negatives > 0; else in-batch negatives only."""
+    pairs = _read_jsonl(out / "train_pairs.jsonl")
+    if cfg.hard_negatives == 0:
+        _write_jsonl(out / "train_rows.jsonl", pairs)
+        return {
+            "rows": len(pairs),
+            "hard_negatives": 0,
+        }, f"{len(pairs)} rows, in-batch negatives only (the course's recipe)"
+    beir = data.load_beir(out / "dataset")
+    rows = negatives.recipe_negatives(pairs, model, beir.corpus)
+    _write_jsonl(out / "train_rows.jsonl", rows)
+    return {"rows": len(rows), "hard_negatives": cfg.hard_negatives}, f"{len(rows)} rows with mined negatives"
+
+
+def dev_sample(beir: data.Beir, seed: int, size: int = DEV_CORPUS_MAX) -> dict[str, dict[str, Any]]:
+    """The dev questions' relevant passages plus a seeded sample of the others, `size` in all (at least the former)."""
+    relevant = {c for rels in beir.qrels["dev"].values() for c in rels}
+    others = sorted(set(beir.corpus) - relevant)
+    chosen = relevant | set(random.Random(seed).sample(others, max(0, min(len(others), size - len(relevant)))))
+    return {cid: doc for cid, doc in beir.corpus.items() if cid in chosen}
+
+
+def train_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
+    """Notebook 05's training run (train.train_model) on these rows; resumes from out/checkpoints."""
+    beir = data.load_beir(out / "dataset")
+    model, result = train.train_model(
+        beir,
+        out / "checkpoints",
+        loss_name=train.FINAL["loss"],
+        hard_negatives=cfg.hard_negatives,
+        learning_rate=train.FINAL["learning_rate"],
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        base_model=cfg.base_model,
+        rows=_read_jsonl(out / "train_rows.jsonl"),
+        corpus=beir.corpus,
+        dev_corpus=dev_sample(beir, cfg.seed),
+        seed=cfg.seed,
+        progress=True,
+    )
+    record = train.model_record(result) | {"data": f"{cfg.corpus}: {cfg.train_queries} training queries"}
+    train.save_model(model, out / "model", record)
+    keep = ("steps", "pairs", "best", "seconds", "peak_mb", "resumed_from", "dev", "losses", "epochs", "batch_size")
+    summary = {k: result[k] for k in keep if k in result}
+    resumed = f", resumed from {Path(result['resumed_from']).name}" if result.get("resumed_from") else ""
+    return (
+        summary,
+        f"{result['steps']} steps on {result['pairs']} pairs, best dev NDCG@10 {result['best']:.3f}{resumed}",
+    )
+
+
+# ---------------------------------------------------------------- stages 5-7: evaluate, deploy, report
+
+
+def evaluate_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], str]:
+    """BM25, base, fine-tuned and RRF hybrid on the test queries; metrics.json with 95% intervals."""
+    from embtune_utils import models
+
+    beir = data.load_beir(out / "dataset")
+    test_q, qrels = beir.split_queries("test"), beir.qrels["test"]
+    finetuned = models.load_model(str(out / "model"), verbose=False)
+    doc_ids, texts = evaluate.doc_texts(beir.corpus)
+    docs = evaluate.encode(finetuned, texts, show_progress=len(texts) > 2000)
+    np.save(out / "corpus_embeddings.npy", docs)  # the deploy stage reuses them (it always runs after this one)
+    query_ids = list(test_q)
+    runs = {
+        "bm25": evaluate.bm25_search(evaluate.bm25_index(beir.corpus), test_q),
+        "base": evaluate.dense_run(base, beir.corpus, test_q, cache=False),
+        "finetuned": evaluate.search_index(
+            evaluate.flat_index(docs), doc_ids, query_ids, evaluate.encode(finetuned, [test_q[q] for q in query_ids])
+        ),
+    }
+    runs["hybrid"] = evaluate.rrf([runs["finetuned"], runs["bm25"]])
+    per_query = {name: evaluate.per_query_metrics(run, qrels) for name, run in runs.items()}
+    with_ci = {name: evaluate.metrics_with_ci(pq) for name, pq in per_query.items()}
+
+    def ndcg(name: str) -> np.ndarray:
+        return np.array([per_query[name][q]["ndcg@10"] for q in qrels])
+
+    paired = {f"finetuned-{b}": evaluate.paired_test(ndcg("finetuned"), ndcg(b)) for b in ("base", "bm25")}
+    metrics = {
+        "test": {name: {m: with_ci[name][m][0] for m in SCHEMA_METRICS} for name in RETRIEVERS},
+        "ci95": {label: [p["lo"], p["hi"]] for label, p in paired.items()},
+        "n_test_queries": len(qrels),
+    }
+    evaluate.write_json(out / "metrics.json", metrics)
+    details = {"test_ci": {n: {m: list(v[1:]) for m, v in ci.items()} for n, ci in with_ci.items()}, "paired": paired}
+    evaluate.write_json(out / "eval_details.json", details)
+    t = metrics["test"]
+    line = ", ".join(f"{name} {t[name]['ndcg@10']:.3f}" for name in RETRIEVERS)
+    return {"ndcg@10": {n: t[n]["ndcg@10"] for n in RETRIEVERS}}, f"test NDCG@10 ({len(qrels)} queries): {line}"
+
+
+def deploy_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
+    """Notebook 07's rule on the dev queries (>= 99% of float flat, smallest index), then save index/ beside model/."""
+    from embtune_utils import models
+
+    beir = data.load_beir(out / "dataset")
+    model = models.load_model(str(out / "model"), verbose=False)
+    doc_ids, texts = evaluate.doc_texts(beir.corpus)
+    saved = out / "corpus_embeddings.npy"  # written by the evaluate stage with this model
+    docs = np.load(saved) if saved.exists() else evaluate.encode(model, texts, show_progress=len(texts) > 2000)
+    dim = docs.shape[1]
+    candidates = [("flat", False), ("int8", False), ("int8", True)] + ([("binary", True)] if dim % 8 == 0 else [])
+    rows = {}
+    for split in ("dev", "test"):
+        qrels = beir.qrels[split]
+        queries = evaluate.encode(model, [beir.queries[q] for q in qrels])
+        rows[split] = [
+            deploy.measure("finetuned", docs, queries, doc_ids, qrels, kind=k, rescore=r) for k, r in candidates
+        ]
+        deploy.finish_table(rows[split], f"finetuned {dim}d flat", {})
+    pick = deploy.recommend(rows["dev"])  # chosen on dev: choosing on test would overstate its test score
+    test_row = next(r for r in rows["test"] if r["spec"] == pick["spec"])
+    spec = pick["spec"]
+    index = deploy.build_index(docs, spec["kind"], spec["rescore"], **spec["params"])
+    quality = {"config": pick["config"], "dev ndcg@10": pick["ndcg@10"], "ndcg@10": test_row["ndcg@10"]}
+    deploy.save_index(out, beir.corpus, index, spec, quality)
+    table = [
+        {k: r[k] for k in ("config", "ndcg@10", "pct_of_ref", "index_bytes", "p50_ms", "p95_ms")} for r in rows["test"]
+    ]
+    result = {"chosen": pick["config"], "dev_pct": pick["pct_of_ref"], "test": test_row["ndcg@10"], "table": table}
+    return (
+        result,
+        f"{pick['config']} ({pick['pct_of_ref']:.1f}% of float on dev), test NDCG@10 {test_row['ndcg@10']:.3f}",
+    )
+
+
+def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """report.md with the metrics, the deployment choice, stage timings and two plots (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    details = json.loads((out / "eval_details.json").read_text())
+    load, queries, trained = (records[s]["result"] for s in ("load", "queries", "train"))
+    dep = records["deploy"]["result"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    values = [metrics["test"][n]["ndcg@10"] for n in RETRIEVERS]
+    spans = [details["test_ci"][n]["ndcg@10"] for n in RETRIEVERS]
+    ax.bar(RETRIEVERS, values, yerr=np.array([[v - lo, hi - v] for v, (lo, hi) in zip(values, spans)]).T, capsize=4)
+    ax.set(ylabel="test NDCG@10 (95% CI)", title=f"{metrics['n_test_queries']} test queries")
+    fig.tight_layout()
+    fig.savefig(out / "ndcg.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if trained.get("dev"):
+        steps, scores = zip(*trained["dev"])
+        ax.plot(steps, scores, marker="o")
+    ax.set(xlabel="training step", ylabel="dev NDCG@10", title="Dev score during training")
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=120)
+    plt.close(fig)
+
+    t = metrics["test"]
+    lines = [
+        "# embtune run report",
+        "",
+        f"Corpus `{cfg.corpus}` ({load['kind']}): {load['documents']} documents, {load['chunks']} passages. "
+        f"Base model `{cfg.base_model}`, mode `{cfg.mode}`, seed {cfg.seed}. Machine: {_machine_line()}.",
+        "",
+        f"**Test queries: {metrics['n_test_queries']}, {queries['test_kind']}.**"
+        + (
+            " They are questions a generator asked about passages of documents that no training step saw, so they"
+            " measure how well a model finds the passage a question was written from, not real users' questions."
+            if queries["test_kind"].startswith("generated")
+            else ""
+        ),  # fmt: skip
+        "",
+        f"Training: {queries['pairs']['real']} real + {queries['pairs']['synthetic']} synthetic pairs"
+        + (f" (generator: {queries['generator']}; filters kept {queries['filters']})" if "generator" in queries else "")
+        + f"; dev {queries['dev_queries']} queries{' (' + queries['dev_from'] + ')' if 'dev_from' in queries else ''}"
+        f"; {trained['steps']} steps, best dev NDCG@10 {trained['best']:.3f}, {trained['seconds']:.0f} s.",
+        "",
+        "| retriever | " + " | ".join(SCHEMA_METRICS) + " |",
+        "|---|" + "---|" * len(SCHEMA_METRICS),
+    ]
+    for name in RETRIEVERS:
+        lo, hi = details["test_ci"][name]["ndcg@10"]
+        cells = [f"{t[name]['ndcg@10']:.3f} [{lo:.3f}, {hi:.3f}]"] + [f"{t[name][m]:.3f}" for m in SCHEMA_METRICS[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [""]
+    for label, p in details["paired"].items():
+        verdict = "better" if p["lo"] > 0 else ("worse" if p["hi"] < 0 else "no difference beyond the noise")
+        lines.append(
+            f"- {label}: {p['mean']:+.3f} NDCG@10 [{p['lo']:+.3f}, {p['hi']:+.3f}], p = {p['p']:.4f} ({verdict})"
+        )
+    lines += [
+        "",
+        "![NDCG@10](ndcg.png) ![training](training.png)",
+        "",
+        f"Deployment: **{dep['chosen']}** (chosen on dev: the smallest index keeping 99% of exact float search), test "
+        f'NDCG@10 {dep["test"]:.3f}. Search it: `embtune search "your question" --artifact {out}`.',
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {s} | {records[s]['seconds']:.1f} |" for s in STAGES if s in records]
+    (out / "report.md.tmp").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "report.md.tmp").replace(out / "report.md")
+    return {"report": "report.md"}, f"{out / 'report.md'}"
+
+
+def _machine_line() -> str:
+    info = config.describe()
+    return f"{info['device']}, {info['cpu_count']} CPU cores, {info['precision']}, torch {info['torch']}"
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the metrics. Stage records and run.json are written as it goes."""
+    from embtune_utils import models
+
+    cfg.check()
+    os.environ["EMBTUNE_MODE"] = config.get_mode(cfg.mode)  # the package's functions read the mode from here
+    config.set_seed(cfg.seed)
+    out = Path(cfg.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    base = models.load_model(cfg.base_model, verbose=False)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    records: dict[str, dict[str, Any]] = {}
+    kind = {"kind": None}
+
+    steps = {
+        "load": lambda: load_stage(cfg, out, base.tokenizer),
+        "queries": lambda: queries_stage(cfg, out, base, kind["kind"]),
+        "negatives": lambda: negatives_stage(cfg, out, base),
+        "train": lambda: train_stage(cfg, out),
+        "evaluate": lambda: evaluate_stage(cfg, out, base),
+        "deploy": lambda: deploy_stage(cfg, out),
+        "report": lambda: report_stage(cfg, out, records),
+    }
+    upstream = ""
+    for name in STAGES:
+        key = _key(name, cfg.settings_of(name), upstream)
+        path = out / "stages" / f"{name}.json"
+        previous = json.loads(path.read_text()) if path.exists() else None
+        if previous and previous["key"] == key:
+            print(f"[{name}] done earlier, skipped: {previous['line']}", flush=True)
+            records[name] = previous | {"skipped": True}
+        else:
+            print(f"[{name}] running ...", flush=True)
+            start = time.perf_counter()
+            result, line = steps[name]()
+            records[name] = {"key": key, "result": result, "line": line, "seconds": time.perf_counter() - start}
+            records[name]["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+            evaluate.write_json(path, records[name])
+            print(f"[{name}] {line} ({records[name]['seconds']:.1f} s)", flush=True)
+        if name == "load":
+            kind["kind"] = records[name]["result"]["kind"]
+        upstream = key
+        _write_run_json(cfg, out, records, started)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _write_run_json(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]], started: str) -> None:
+    """run.json: the configuration, versions and hardware, and each stage's time (and whether it was skipped)."""
+    stages = {n: {"seconds": round(r["seconds"], 1), "skipped": r.get("skipped", False)} for n, r in records.items()}
+    evaluate.write_json(
+        out / "run.json",
+        {"config": asdict(cfg), "machine": config.describe(), "started": started, "stages": stages},
+    )

@@ -1,0 +1,164 @@
+"""`embtune run` end to end in fast mode: a BEIR folder, a folder of .txt files, a kill mid-training, user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_openai import FakeOpenAI
+
+from embtune_utils import cli, data, pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def beir_folder(tmp_path, tiny_beir):
+    """Four real COVID-QA articles as a BEIR folder (train and test qrels by article; no dev: the run carves it)."""
+    return data.write_beir(tiny_beir, tmp_path / "beir")
+
+
+def check_metrics(path: Path) -> dict:
+    """metrics.json has the shape other tools read (see the issue and the README)."""
+    metrics = json.loads(path.read_text())
+    assert set(metrics) == {"test", "ci95", "n_test_queries"}
+    assert set(metrics["test"]) == {"bm25", "base", "finetuned", "hybrid"}
+    for scores in metrics["test"].values():
+        assert set(scores) == {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert set(metrics["ci95"]) == {"finetuned-base", "finetuned-bm25"}
+    assert all(lo <= hi for lo, hi in metrics["ci95"].values())
+    assert isinstance(metrics["n_test_queries"], int) and metrics["n_test_queries"] > 0
+    return metrics
+
+
+def test_run_on_a_beir_folder_then_rerun_skips_every_stage(beir_folder, tmp_path, capsys, tiny_beir):
+    out = tmp_path / "out"
+    args = ["run", "--corpus", str(beir_folder), "--out", str(out), "--mode", "fast", "--train-queries", "real"]
+    assert cli.main(args) == 0
+    metrics = check_metrics(out / "metrics.json")
+    assert metrics["n_test_queries"] == len(tiny_beir.qrels["test"])
+    report = (out / "report.md").read_text()
+    assert "labelled (qrels/test.tsv)" in report and "| finetuned |" in report and (out / "ndcg.png").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert list(run["stages"]) == list(pipeline.STAGES) and run["config"]["train_queries"] == "real"
+    queries = json.loads((out / "stages" / "queries.json").read_text())["result"]
+    assert queries["dev_from"] == "real training queries" and queries["pairs"]["synthetic"] == 0
+    assert cli.main(["search", "coronavirus", "--artifact", str(out), "-k", "2"]) == 0
+    assert "top 2 of" in capsys.readouterr().out
+    assert cli.main(args) == 0  # the same command again: nothing is redone
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier, skipped") == len(pipeline.STAGES), printed
+
+
+def test_a_changed_setting_reruns_only_what_it_affects():
+    a = pipeline.RunConfig(corpus="c", out="o")
+    b = pipeline.RunConfig(corpus="c", out="o", epochs=3)
+    assert a.settings_of("load") == b.settings_of("load") and a.settings_of("queries") == b.settings_of("queries")
+    assert a.settings_of("train") != b.settings_of("train")
+    c = pipeline.RunConfig(corpus="c", out="o", generator="local")
+    assert a.settings_of("queries") != c.settings_of("queries") and a.settings_of("load") == c.settings_of("load")
+
+
+def sentence_questions(prompt: str) -> list[str]:
+    """Three different questions built from three sentences of the passage (a stand-in for an LLM's output)."""
+    passage = prompt.split("Passage:")[-1]
+    sentences = [s.split() for s in re.split(r"(?<=[.!?])\s+", passage) if len(s.split()) >= 8]
+    return [f"What do the authors report about {' '.join(s[2:8])}?" for s in sentences[:3]]
+
+
+def test_run_on_text_files_with_a_generator(tmp_path, articles, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for article in data.load_covidqa()[:7]:
+        (docs / f"{article['doc_id']}.txt").write_text(article["text"][:2500])
+    out = tmp_path / "out"
+    with FakeOpenAI() as server:
+        server.query_fn = sentence_questions
+        args = ["run", "--corpus", str(docs), "--out", str(out), "--mode", "fast", "--train-queries", "synthetic"]
+        args += ["--generator", "openai-compatible", "--base-url", server.base_url]
+        assert cli.main(args) == 0
+    check_metrics(out / "metrics.json")
+    assert "generated, from held-out documents" in (out / "report.md").read_text()
+    records = [json.loads(line) for line in (out / "queries.jsonl").read_text().splitlines()]
+    assert records and all(r["generator"] == "openai-compatible" for r in records)
+    result = json.loads((out / "stages" / "queries.json").read_text())["result"]
+    assert result["pairs"]["synthetic"] > 0 and result["test_queries"] > 0
+    assert cli.main(["run", "--corpus", str(docs), "--out", str(out), "--train-queries", "real"]) == 2
+    assert "--train-queries real needs labelled training queries" in capsys.readouterr().err
+
+
+def test_kill_during_training_resumes_without_redoing_earlier_stages(beir_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["run", "--corpus", str(beir_folder), "--out", str(out), "--mode", "fast", "--train-queries", "real"]
+    args += ["--epochs", "4"]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "EMBTUNE_HOME": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "embtune_utils", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # like a crash or a lost machine: no chance to clean up
+    proc.wait()
+    assert not (out / "stages" / "train.json").exists() and not (out / "metrics.json").exists()
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    for stage in ("load", "queries", "negatives"):
+        assert f"[{stage}] done earlier, skipped" in printed, printed
+    train = json.loads((out / "stages" / "train.json").read_text())["result"]
+    assert train["resumed_from"] and "checkpoint-" in train["resumed_from"]
+    check_metrics(out / "metrics.json")
+
+
+def write_beir_files(folder: Path, corpus: list[str], queries: list[str], qrels: dict[str, str]) -> Path:
+    """A hand-made (possibly broken) BEIR folder: raw JSON lines and TSV text."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(line + "\n" for line in corpus))
+    (folder / "queries.jsonl").write_text("".join(line + "\n" for line in queries))
+    for split, text in qrels.items():
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + text)
+    return folder
+
+
+DOC = '{"_id": "%s", "title": "t", "text": "Coronaviruses are enveloped RNA viruses."}'
+QUERY = '{"_id": "q1", "text": "What are coronaviruses?"}'
+
+
+@pytest.mark.parametrize(
+    ("setup", "flags", "message"),
+    [
+        (lambda p: p / "nowhere", [], "no such folder"),
+        (lambda p: write_beir_files(p / "b", [], [QUERY], {"test": "q1\td1\t1\n"}), [], "is empty"),
+        (lambda p: write_beir_files(p / "b", [DOC % "d1", DOC % "d1"], [QUERY], {}), [], "duplicate _id"),
+        (lambda p: write_beir_files(p / "b", [DOC % "d1"], [QUERY], {"test": "q1\td9\t1\n"}), [], "d9"),
+        (lambda p: write_beir_files(p / "b", [DOC % "d1"], [QUERY], {}), [], "test.tsv is missing or empty"),
+        (
+            lambda p: write_beir_files(p / "b", [DOC % "d1"], [QUERY], {"test": "q1\td1\t1\n"}),
+            ["--train-queries", "real"],
+            "--train-queries real needs",
+        ),
+        (lambda p: write_beir_files(p / "b", [DOC % "d1"], [QUERY], {}), ["--epochs", "0"], "--epochs 0"),
+        (lambda p: p, ["--base-model", "nobody/no-such-model"], "Cannot load model 'nobody/no-such-model'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, setup, flags, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    corpus = setup(tmp_path)
+    assert cli.main(["run", "--corpus", str(corpus), "--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("embtune run:") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_bad_flag_values_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--corpus", "c", "--out", "o", "--mode", "turbo"])
+    assert exit_info.value.code == 2 and "invalid choice: 'turbo'" in capsys.readouterr().err
