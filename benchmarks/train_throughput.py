@@ -20,10 +20,12 @@ import torch
 
 from embtune_utils import config, data, losses, models, train
 
+MODEL = config.BASE_MODEL  # --model replaces it (a local folder, e.g. on a machine with no Hub access)
+
 
 def course_pairs(n: int) -> list[dict]:
     """The first n of the course's training pairs, repeated if there are fewer (throughput does not need new ones)."""
-    base = models.load_model(verbose=False)
+    base = models.load_model(MODEL, verbose=False)
     beir = data.course_data(base.tokenizer, mode="default")
     pairs = train.sample_rows(train.training_pairs(beir, base, "both"), None)
     corpus = data.split_corpus(beir, "train")
@@ -33,7 +35,7 @@ def course_pairs(n: int) -> list[dict]:
 
 def bare_loop(rows: list[dict], batch_size: int, steps: int, warmup: int, precision: str) -> float:
     """Pairs per second of forward + MNRL + backward + AdamW over pre-tokenized batches."""
-    model = models.load_model(verbose=False)
+    model = models.load_model(MODEL, verbose=False)
     model.max_seq_length = 256
     device = model.device
     loss_fn = losses.make_loss("mnrl", model)
@@ -70,7 +72,7 @@ def trainer_run(rows: list[dict], batch_size: int, steps: int, warmup: int, prec
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
     from transformers import TrainerCallback
 
-    model = models.load_model(verbose=False)
+    model = models.load_model(MODEL, verbose=False)
     model.max_seq_length = 256
     ends: list[float] = []
 
@@ -104,13 +106,16 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
+    global MODEL
     cuda = config.detect_device() == "cuda"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=512 if cuda else 32)
     parser.add_argument("--steps", type=int, default=20 if cuda else 4)
     parser.add_argument("--warmup", type=int, default=3 if cuda else 1)
+    parser.add_argument("--model", default=MODEL, help="Hub name or local folder (default: the course's base model)")
     parser.add_argument("--precisions", default="fp32,bf16" if cuda else "fp32", help="comma-separated: fp32, bf16")
     args = parser.parse_args()
+    MODEL = args.model
     info = config.describe()
     gpu = torch.cuda.get_device_name() if cuda else f"{info['cpu_count']} CPU cores"
     print(f"{gpu} | torch {info['torch']} | sentence-transformers {info['sentence-transformers']} | "

@@ -51,14 +51,21 @@ def make_loss(
     guide: Any = None,
     mini_batch_size: int = 16,
     dims: tuple[int, ...] = MATRYOSHKA_DIMS,
+    gather: bool = False,
 ) -> Any:
-    """One of LOSSES for `model`: mnrl, cached_mnrl (GradCache), triplet, gist (needs guide), matryoshka (of mnrl)."""
+    """One of LOSSES for `model`: mnrl, cached_mnrl (GradCache), triplet, gist (needs guide), matryoshka (of mnrl).
+
+    gather=True (multi-GPU runs): the in-batch losses use every GPU's batch as negatives (`gather_across_devices`).
+    """
     from sentence_transformers.sentence_transformer import losses as st_losses
 
+    shared = {"gather_across_devices": True} if gather else {}
     if name == "mnrl":
-        return st_losses.MultipleNegativesRankingLoss(model, scale=scale)
+        return st_losses.MultipleNegativesRankingLoss(model, scale=scale, **shared)
     if name == "cached_mnrl":
-        return st_losses.CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=mini_batch_size)
+        return st_losses.CachedMultipleNegativesRankingLoss(
+            model, scale=scale, mini_batch_size=mini_batch_size, **shared
+        )
     if name == "triplet":
         return st_losses.TripletLoss(
             model, distance_metric=st_losses.TripletDistanceMetric.COSINE, triplet_margin=TRIPLET_MARGIN
@@ -70,7 +77,8 @@ def make_loss(
     if name == "matryoshka":
         if model.get_embedding_dimension() not in dims:
             raise LossError(f"Matryoshka dims {dims} must include the model's full dimension: add it to dims.")
-        return st_losses.MatryoshkaLoss(model, st_losses.MultipleNegativesRankingLoss(model, scale=scale), list(dims))
+        inner = st_losses.MultipleNegativesRankingLoss(model, scale=scale, **shared)
+        return st_losses.MatryoshkaLoss(model, inner, list(dims))
     raise LossError(f"Unknown loss {name!r}: choose one of {', '.join(LOSSES)}.")
 
 

@@ -279,6 +279,8 @@ def fit(
         optimizers=(optimizer, None),
     )
     quiet(trainer)
+    timer = step_timer()
+    trainer.add_callback(timer)
     checkpoint = last_checkpoint(Path(args.output_dir)) if resume else None
     with track_resources() as usage:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -295,7 +297,42 @@ def fit(
         "seconds": usage.seconds,
         "peak_mb": usage.peak_mb,
         "memory": usage.memory,
+        "world_size": args.world_size,
+        "pairs_per_s": timer.pairs_per_s(args.per_device_train_batch_size * args.world_size),
     }
+
+
+def step_timer() -> Any:
+    """A callback that times training steps, leaving out those followed by an evaluation or a checkpoint save."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.last: float | None = None
+            self.busy = False  # the interval since `last` holds an evaluation or a save
+            self.steps, self.seconds = 0, 0.0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if self.last is not None and not self.busy:
+                self.steps, self.seconds = self.steps + 1, self.seconds + now - self.last
+            self.last, self.busy = now, False
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.busy = True
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.busy = True
+
+        def pairs_per_s(self, global_batch: int) -> float | None:
+            """Pairs per second over the timed steps (data loading included, evaluation and saving left out)."""
+            return global_batch * self.steps / self.seconds if self.seconds else None
+
+    return StepTimer()
 
 
 def quiet(trainer: Any) -> None:
@@ -468,6 +505,7 @@ def train_model(
     dev_corpus: dict[str, dict[str, Any]] | None = None,
     seed: int = config.SEED,
     progress: bool = False,
+    gather: bool | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The course's training run: base model, fit on the source's pairs with dev early stopping; (model, result).
 
@@ -501,13 +539,14 @@ def train_model(
     run_config |= {k: getattr(args, k) for k in RUN_KEYS}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process manages the folder
         restart_if_changed(Path(output_dir), run_config)
-    loss = losses.make_loss(loss_name, model)
+    gather = args.world_size > 1 if gather is None else gather  # several GPUs: all batches serve as negatives
+    loss = losses.make_loss(loss_name, model, gather=gather)
     before = probe_loss(model, dataset)
     result = fit(model, loss, dataset, args, evaluator, resume=resume, callbacks=callbacks)
     result["probe_loss"] = (before, probe_loss(model, dataset))
     result |= {"pairs": len(dataset), "source": source, "loss": loss_name, "hard_negatives": hard_negatives}
     result |= {"learning_rate": learning_rate, "batch_size": args.per_device_train_batch_size}
-    result |= {"epochs": args.num_train_epochs, "base_model": base_model}
+    result |= {"epochs": args.num_train_epochs, "base_model": base_model, "gather_across_devices": gather}
     return model, result
 
 
@@ -550,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from embtune_utils import models
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m embtune_utils.train", description=main.__doc__)
     parser.add_argument("--mode", default=None, help="fast | default | full (else $EMBTUNE_MODE)")
     parser.add_argument("--base-model", default=config.BASE_MODEL, help="Hub name or local folder of the model to tune")
     parser.add_argument("--source", default=FINAL["source"], choices=SOURCES)
@@ -561,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=FINAL["learning_rate"])
     parser.add_argument("--out", default=None, help="checkpoints folder (default: artifacts/<mode>/checkpoints)")
     parser.add_argument("--no-resume", action="store_true", help="start over instead of resuming a checkpoint")
+    parser.add_argument("--no-gather", action="store_true", help="on several GPUs, negatives from the own batch only")
+    parser.add_argument("--score-test", action="store_true", help="also print the test NDCG@10 over the whole corpus")
     args = parser.parse_args(argv)
     if args.mode:
         os.environ["EMBTUNE_MODE"] = config.get_mode(args.mode)
@@ -578,10 +619,14 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         base_model=args.base_model,
         resume=not args.no_resume,
+        gather=False if args.no_gather else None,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         path = save_model(model, finetuned_path(), model_record(result))
         summary = {k: v for k, v in result.items() if k not in ("losses", "dev")}
+        if args.score_test:  # sentence-transformers' own evaluator: no FAISS needed on a bare GPU machine
+            scores = ir_evaluator(beir, "test", corpus=beir.corpus)(model)
+            summary["test ndcg@10"] = scores["test_cosine_ndcg@10"]
         print(json.dumps(summary | {"saved": str(path)}, default=str))
     return 0
 

@@ -53,3 +53,9 @@ def test_make_loss_errors_name_the_fix(model):
         losses.make_loss("matryoshka", model, dims=(128, 64))
     with pytest.raises(losses.LossError, match="choose one of"):
         losses.make_loss("contrastive", model)
+
+
+def test_gather_shares_negatives_across_gpus_only_when_asked(model):
+    assert losses.make_loss("mnrl", model).gather_across_devices is False
+    assert losses.make_loss("mnrl", model, gather=True).gather_across_devices is True
+    assert losses.make_loss("matryoshka", model, gather=True).loss.gather_across_devices is True

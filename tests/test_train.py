@@ -225,3 +225,15 @@ def test_script_main_trains_and_saves_with_a_card(tiny_beir, model, tmp_path, mo
     assert seen["source"] == "experts" and seen["epochs"] == 2 and seen["out"] == tmp_path / "ck"
     card = (tmp_path / "finetuned" / "README.md").read_text()
     assert "the experts' training questions" in card and '"saved"' in capsys.readouterr().out
+
+
+def test_step_timer_leaves_out_steps_followed_by_evaluation(monkeypatch):
+    clock = iter([0.0, 1.0, 2.0, 10.0, 11.0])  # step ends; an evaluation runs between 2.0 and the next step
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+    timer = train.step_timer()
+    for n in range(5):
+        timer.on_step_end(None, None, None)
+        if n == 2:
+            timer.on_evaluate(None, None, None)
+    assert (timer.steps, timer.seconds) == (3, 3.0)  # 0→1, 1→2 and 10→11; 2→10 held the evaluation
+    assert timer.pairs_per_s(32) == 32.0 and train.step_timer().pairs_per_s(32) is None
