@@ -154,6 +154,16 @@ def results_dir(mode: str | None = None) -> Path:
     return path
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a file whole or not at all: a temporary file beside it, renamed into place (a killed run leaves the old
+    file or none, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def set_seed(seed: int = SEED) -> int:
     """Seed Python, NumPy and torch so that a run can be repeated; returns the seed."""
     random.seed(seed)

@@ -337,11 +337,7 @@ def write_json(path: Path, obj: Any) -> Path:
             return o.tolist()
         raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=plain) + "\n")
-    tmp.replace(path)
-    return path
+    return config.write_text_atomic(path, json.dumps(obj, indent=2, default=plain) + "\n")
 
 
 def save_results(name: str, results: dict[str, Any], mode: str | None = None) -> Path:

@@ -206,12 +206,8 @@ def to_dataset(rows: list[Pair], corpus: dict[str, dict[str, Any]], n: int | Non
 
 def save_rows(rows: list[Pair], name: str) -> Path:
     """Write mined rows (chunk ids, not texts) to artifacts/<mode>/negatives/<name>.jsonl, atomically."""
-    path = config.artifacts_dir() / "negatives" / f"{name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scores"}) + "\n" for r in rows))
-    tmp.replace(path)
-    return path
+    text = "".join(json.dumps({k: v for k, v in r.items() if k != "scores"}) + "\n" for r in rows)
+    return config.write_text_atomic(config.artifacts_dir() / "negatives" / f"{name}.jsonl", text)
 
 
 def load_rows(name: str) -> list[Pair] | None:

@@ -257,7 +257,7 @@ def queries_stage(cfg: RunConfig, out: Path, model: Any, kind: str) -> tuple[dic
         keep = set(random.Random(cfg.seed).sample(sorted(beir.qrels["test"]), test_cap))
         beir.qrels["test"] = {q: r for q, r in beir.qrels["test"].items() if q in keep}
     data.write_beir(beir, out / "dataset")
-    _write_jsonl(out / "train_pairs.jsonl", real + synthetic)
+    synth.save_pairs(real + synthetic, out / "train_pairs.jsonl")
     result |= {"pairs": {"real": len(real), "synthetic": len(synthetic)}}
     result |= {"dev_queries": len(beir.qrels["dev"]), "test_queries": len(beir.qrels["test"])}
     result["test_kind"] = "labelled (qrels/test.tsv)" if kind == "beir" else "generated, from held-out documents"
@@ -265,15 +265,8 @@ def queries_stage(cfg: RunConfig, out: Path, model: Any, kind: str) -> tuple[dic
     return result, line + f"test {result['test_queries']} ({result['test_kind']})"
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSON lines written atomically."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _read_pairs(path: Path) -> list[dict[str, Any]]:
+    return data.read_jsonl(path, ("query", "chunk_id"))
 
 
 # ---------------------------------------------------------------- stages 3-4: negatives, train
@@ -281,16 +274,16 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def negatives_stage(cfg: RunConfig, out: Path, model: Any) -> tuple[dict[str, Any], str]:
     """Hard negatives with notebook 03's recipe when --hard-negatives > 0; else in-batch negatives only."""
-    pairs = _read_jsonl(out / "train_pairs.jsonl")
+    pairs = _read_pairs(out / "train_pairs.jsonl")
     if cfg.hard_negatives == 0:
-        _write_jsonl(out / "train_rows.jsonl", pairs)
+        synth.save_pairs(pairs, out / "train_rows.jsonl")
         return {
             "rows": len(pairs),
             "hard_negatives": 0,
         }, f"{len(pairs)} rows, in-batch negatives only (the course's recipe)"
     beir = data.load_beir(out / "dataset")
     rows = negatives.recipe_negatives(pairs, model, beir.corpus)
-    _write_jsonl(out / "train_rows.jsonl", rows)
+    synth.save_pairs(rows, out / "train_rows.jsonl")
     return {"rows": len(rows), "hard_negatives": cfg.hard_negatives}, f"{len(rows)} rows with mined negatives"
 
 
@@ -314,7 +307,7 @@ def train_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         base_model=cfg.base_model,
-        rows=_read_jsonl(out / "train_rows.jsonl"),
+        rows=_read_pairs(out / "train_rows.jsonl"),
         corpus=beir.corpus,
         dev_corpus=dev_sample(beir, cfg.seed),
         seed=cfg.seed,
@@ -480,8 +473,7 @@ def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) 
         "|---|---|",
     ]
     lines += [f"| {s} | {records[s]['seconds']:.1f} |" for s in STAGES if s in records]
-    (out / "report.md.tmp").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "report.md.tmp").replace(out / "report.md")
+    config.write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return {"report": "report.md"}, f"{out / 'report.md'}"
 
 

@@ -318,10 +318,7 @@ def batch_backend(
             )
         )
         state = {"batch_id": batch.id, "chunk_ids": sorted(todo)}
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_path)
+        config.write_text_atomic(state_path, json.dumps(state))
         return state
 
     def wait(batch_id: str) -> Any:
@@ -667,9 +664,7 @@ def course_pairs(beir: Any, model: Any, rebuild: bool = False) -> list[Pair]:
 
 
 def save_pairs(pairs: list[Pair], path: Path) -> Path:
-    """Write pairs as JSON lines, atomically (a killed run leaves the old file or none, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    tmp.replace(path)
-    return path
+    """Write pairs (or mined rows, without their scores) as JSON lines, atomically."""
+    return config.write_text_atomic(
+        path, "".join(json.dumps({k: v for k, v in p.items() if k != "scores"}) + "\n" for p in pairs)
+    )
