@@ -112,8 +112,12 @@ class Index:
         """Bytes of the int8 rescoring vectors (0 without rescoring); they can stay on disk (memory-mapped)."""
         return 0 if self.rescore is None else int(self.rescore.nbytes)
 
-    def _encode(self, query_emb: np.ndarray) -> np.ndarray:
-        q = truncate(query_emb, self.dim) if query_emb.shape[1] != self.dim else query_emb
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the index (as a FAISS index says it), so evaluate.search_index can search this too."""
+        return self.faiss_index.ntotal
+
+    def _encode(self, q: np.ndarray) -> np.ndarray:
         if self.kind == "int8":
             return to_int8(q, self.ranges).astype(np.float32)
         if self.kind.startswith("binary"):
@@ -122,13 +126,13 @@ class Index:
 
     def search(self, query_emb: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Scores and row numbers of the top `k` documents per query (float query embeddings in, best first)."""
-        depth = min(k * self.oversample if self.rescore is not None else k, self.faiss_index.ntotal)
-        scores, idx = self.faiss_index.search(self._encode(query_emb), depth)
+        q = truncate(query_emb, self.dim) if query_emb.shape[1] != self.dim else query_emb
+        depth = min(k * self.oversample if self.rescore is not None else k, self.ntotal)
+        scores, idx = self.faiss_index.search(self._encode(q), depth)
         if self.kind.startswith("binary"):
             scores = -scores.astype(np.float32)  # Hamming distance: fewer differing bits is better
         if self.rescore is None:
             return scores[:, :k], idx[:, :k]
-        q = truncate(query_emb, self.dim) if query_emb.shape[1] != self.dim else query_emb
         docs = from_int8(self.rescore[np.maximum(idx, 0)], self.ranges)  # (queries, depth, dim)
         rescored = np.einsum("qd,qkd->qk", q, docs)
         rescored[idx < 0] = -np.inf
@@ -186,11 +190,7 @@ def build_index(doc_emb: np.ndarray, kind: str = "flat", rescore: bool = False, 
 
 def search_run(index: Index, doc_ids: list[str], query_ids: list[str], query_emb: np.ndarray, k: int = 10) -> dict:
     """Top-k documents per query from an `Index`, as a run (query id → [(doc id, score)])."""
-    scores, idx = index.search(query_emb, k)
-    return {
-        qid: [(doc_ids[j], float(s)) for j, s in zip(row_idx, row_scores) if j >= 0]
-        for qid, row_idx, row_scores in zip(query_ids, idx, scores)
-    }
+    return evaluate.search_index(index, doc_ids, query_ids, query_emb, k)
 
 
 def search_speed(index: Index, query_emb: np.ndarray, k: int = 10, max_single: int = 200) -> dict[str, float]:
