@@ -5,13 +5,21 @@ The fixed config: the course's base model (all-MiniLM-L6-v2, max length 256), MN
 `--steps` steps (CUDA synchronised). The bare loop is the ceiling: texts tokenized once beforehand, no Trainer, no
 evaluator, no logging; the Trainer run is what notebook 05 and `embtune run` do (minus their dev evaluations).
 
-Usage: `.venv/bin/python benchmarks/train_throughput.py [--batch-size 512] [--steps 20]`; on a CPU the defaults are
-smaller. Compare ratios from one run (these machines are noisy), not times across runs.
+Each setting runs in a fresh Python process (one setting's memory and caches never slow the next). The Trainer is
+timed with the course's loader settings (`train.loader_flags`: tokenizing DataLoader workers on a GPU, fused AdamW)
+and once more with no workers, tokenizing in the main process, to show what the workers buy. `--profile` adds a
+torch-profiler pass over the Trainer's timed steps: how busy the GPU was, and where the time went.
+
+Usage: `.venv/bin/python benchmarks/train_throughput.py [--batch-size 512] [--steps 20] [--profile]`; on a CPU the
+defaults are smaller. Compare ratios from one run (these machines are noisy), not times across runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -66,7 +74,15 @@ def bare_loop(rows: list[dict], batch_size: int, steps: int, warmup: int, precis
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def trainer_run(rows: list[dict], batch_size: int, steps: int, warmup: int, precision: str) -> float:
+def trainer_run(
+    rows: list[dict],
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    precision: str,
+    workers: int | None = None,
+    profile: bool = False,
+) -> float:
     """Pairs per second of SentenceTransformerTrainer (the course's arguments), timed between step ends."""
     from datasets import Dataset
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
@@ -75,11 +91,14 @@ def trainer_run(rows: list[dict], batch_size: int, steps: int, warmup: int, prec
     model = models.load_model(MODEL, verbose=False)
     model.max_seq_length = 256
     ends: list[float] = []
+    profiler = _profiler(warmup, steps) if profile else None
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - the Trainer's signature
             _sync(model.device)
             ends.append(time.perf_counter())
+            if profiler is not None:
+                profiler.step()
 
     dataset = Dataset.from_list(rows[: (steps + warmup) * batch_size])
     with TemporaryDirectory() as tmp:
@@ -90,14 +109,47 @@ def trainer_run(rows: list[dict], batch_size: int, steps: int, warmup: int, prec
             max_steps=steps + warmup,
             bf16=precision == "bf16",
             fp16=False,
-            dataloader_num_workers=2 if model.device.type == "cuda" else 0,
+            **({} if workers is None else _workers(workers)),
         )
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=dataset, loss=losses.make_loss("mnrl", model), callbacks=[Timer()]
         )
         train.quiet(trainer)
+        if profiler is not None:
+            profiler.start()
         trainer.train()
-    return steps * batch_size / (ends[-1] - ends[warmup - 1])
+    wall = ends[warmup + steps - 1] - ends[warmup - 1]
+    if profiler is not None:
+        profiler.stop()
+        _report_profile(profiler, wall)
+    return steps * batch_size / wall
+
+
+def _workers(n: int) -> dict:
+    """Loader flags for n worker processes (prefetching and persistence exist only with workers)."""
+    prefetch = 4 if n else None
+    return {"dataloader_num_workers": n, "dataloader_persistent_workers": n > 0, "dataloader_prefetch_factor": prefetch}
+
+
+def _profiler(warmup: int, steps: int) -> torch.profiler.profile:
+    """A profiler that records the Trainer's timed steps only (stepped at each step end)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    schedule = torch.profiler.schedule(wait=0, warmup=warmup, active=steps, repeat=1)
+    return torch.profiler.profile(activities=activities, schedule=schedule)
+
+
+def _report_profile(profiler: torch.profiler.profile, wall_s: float) -> None:
+    """GPU busy share of the timed steps' wall time, then the operators that took the most time."""
+    events = profiler.key_averages()
+    kernels = [e for e in events if not e.key.startswith("ProfilerStep")]  # a step's row totals its kernels again
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels)
+    if device_us:
+        busy = device_us / 1e6
+        print(f"profile: GPU kernels busy {busy:.2f} s of {wall_s:.2f} s wall ({100 * busy / wall_s:.0f}%)")
+        print(events.table(sort_by="self_device_time_total", row_limit=8, max_name_column_width=48))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=48), flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -105,8 +157,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+SETTINGS = {  # name -> (function, keyword arguments); workers None = the course's loader settings
+    "bare loop": (bare_loop, {}),
+    "Trainer": (trainer_run, {}),
+    "Trainer, no workers": (trainer_run, {"workers": 0}),
+}
+
+
+def measure_one(args: argparse.Namespace) -> None:
+    """Child process: time one setting and print its pairs/s as a JSON line."""
     global MODEL
+    MODEL = args.model
+    name, precision = args.one.split("|")
+    fn, kwargs = SETTINGS[name]
+    if args.profile and fn is trainer_run and kwargs.get("workers") is None:
+        kwargs = {**kwargs, "profile": True}
+    rows = course_pairs((args.steps + args.warmup) * args.batch_size)
+    print("RESULT " + json.dumps(fn(rows, args.batch_size, args.steps, args.warmup, precision, **kwargs)), flush=True)
+
+
+def run_child(args: argparse.Namespace, name: str, precision: str) -> float | None:
+    """Run one setting in a fresh process; its pairs/s, or None (with its error shown) if it failed."""
+    argv = [sys.executable, __file__, "--one", f"{name}|{precision}", "--model", args.model]
+    argv += ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    argv += ["--profile"] if args.profile and precision == args.precisions.split(",")[-1] else []
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))
+        print("   ", line)
+    print(f"   {name} {precision} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    return None
+
+
+def main() -> None:
     cuda = config.detect_device() == "cuda"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=512 if cuda else 32)
@@ -114,21 +198,32 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3 if cuda else 1)
     parser.add_argument("--model", default=MODEL, help="Hub name or local folder (default: the course's base model)")
     parser.add_argument("--precisions", default="fp32,bf16" if cuda else "fp32", help="comma-separated: fp32, bf16")
+    parser.add_argument("--profile", action="store_true", help="torch-profile the Trainer in the last precision")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: the child process's setting
     args = parser.parse_args()
-    MODEL = args.model
+    if args.one:
+        measure_one(args)
+        return
     info = config.describe()
     gpu = torch.cuda.get_device_name() if cuda else f"{info['cpu_count']} CPU cores"
+    flags = train.loader_flags()
     print(f"{gpu} | torch {info['torch']} | sentence-transformers {info['sentence-transformers']} | "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}")  # fmt: skip
-    rows = course_pairs((args.steps + args.warmup) * args.batch_size)
+          f"transformers {info['transformers']} | batch {args.batch_size}, {args.steps} timed steps after "
+          f"{args.warmup} | Trainer loader: {flags['dataloader_num_workers']} workers, "
+          f"optim {flags.get('optim', 'default')}")  # fmt: skip
     results = {}
     for precision in args.precisions.split(","):
-        for name, fn in (("bare loop", bare_loop), ("Trainer", trainer_run)):
-            results[(name, precision)] = fn(rows, args.batch_size, args.steps, args.warmup, precision)
-            print(f"{name:>9} {precision}: {results[(name, precision)]:9.1f} pairs/s", flush=True)
+        for name in SETTINGS:
+            if name == "Trainer, no workers" and not flags["dataloader_num_workers"]:
+                continue  # the course's Trainer already has no workers here
+            if (value := run_child(args, name, precision)) is not None:
+                results[(name, precision)] = value
+                print(f"{name:>19} {precision}: {value:9.1f} pairs/s", flush=True)
     for precision in args.precisions.split(","):
-        ratio = results[("Trainer", precision)] / results[("bare loop", precision)]
-        print(f"Trainer / bare loop, {precision}: {ratio:.2f}x")
+        for name in ("Trainer", "Trainer, no workers"):
+            if (name, precision) in results and ("bare loop", precision) in results:
+                ratio = results[(name, precision)] / results[("bare loop", precision)]
+                print(f"{name} / bare loop, {precision}: {ratio:.2f}x")
     if ("Trainer", "bf16") in results and ("Trainer", "fp32") in results:
         print(f"bf16 / fp32 (Trainer): {results[('Trainer', 'bf16')] / results[('Trainer', 'fp32')]:.2f}x")
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -16,6 +20,9 @@ from embtune_utils import config, deploy
 README_TIMES = ("<!-- times:start -->", "<!-- times:end -->")
 README_RESULTS = ("<!-- results:start -->", "<!-- results:end -->")
 README_DEPLOY = ("<!-- deploy:start -->", "<!-- deploy:end -->")
+README_GPU_TIMES = ("<!-- gpu-times:start -->", "<!-- gpu-times:end -->")
+README_GPU_RESULTS = ("<!-- gpu-results:start -->", "<!-- gpu-results:end -->")
+GPU_NOTEBOOKS = Path("results/gpu/full_course")  # the notebooks as executed in full mode on a GPU (device run)
 
 
 def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, float, str]:
@@ -29,10 +36,11 @@ def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, fl
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": path.parent}})
     start = time.perf_counter()
     error = ""
-    try:
-        client.execute()
-    except CellExecutionError as err:
-        error = str(err).strip().splitlines()[-1][:200]
+    with gpu_memory_peak() as peak:
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            error = str(err).strip().splitlines()[-1][:200]
     seconds = time.perf_counter() - start
     info = config.describe()
     nb.metadata["embtune"] = {
@@ -44,9 +52,41 @@ def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, fl
         "cpu_count": info["cpu_count"],
         "torch": info["torch"],
         "sentence-transformers": info["sentence-transformers"],
+        **({"gpu": info["gpu"], "gpu_peak_mb": peak["mb"]} if "gpu" in info else {}),
     }
     nbformat.write(nb, path)
     return not error, seconds, error
+
+
+@contextlib.contextmanager
+def gpu_memory_peak(interval_s: float = 0.5) -> Iterator[dict[str, float | None]]:
+    """The most GPU memory in use (MiB, as nvidia-smi reports it: every process, CUDA contexts and allocator caches
+    included) while the block runs; {"mb": None} on a machine without nvidia-smi. The kernel is another process,
+    so torch's own counters cannot see it from here."""
+    peak: dict[str, float | None] = {"mb": None}
+    if shutil.which("nvidia-smi") is None:
+        yield peak
+        return
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            if out:
+                peak["mb"] = max(peak["mb"] or 0.0, max(float(v) for v in out))
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
 
 
 def run_all(paths: list[Path], mode: str) -> int:
@@ -94,6 +134,27 @@ def times_table(paths: list[Path]) -> str:
     return "\n".join(rows)
 
 
+def gpu_times_table(paths: list[Path]) -> str:
+    """A Markdown table of notebooks run on a GPU (e.g. results/gpu/full_course/): wall time and peak GPU memory."""
+    import nbformat
+
+    rows = ["| notebook | wall time | mode | GPU | peak GPU memory | date |", "|---|---|---|---|---|---|"]
+    total = 0.0
+    for path in paths:
+        meta = nbformat.read(path, as_version=4).metadata.get("embtune") or {}
+        if "gpu" not in meta:
+            continue
+        total += meta["wall_s"]
+        peak = f"{meta['gpu_peak_mb'] / 1024:.1f} GiB" if meta.get("gpu_peak_mb") else "not read"
+        status = "" if meta["ok"] else " (failed)"
+        rows.append(
+            f"| `{path.name}` | {meta['wall_s'] / 60:.1f} min{status} | {meta['mode']} | {meta['gpu']}, "
+            f"{meta['cpu_count']} cores | {peak} | {meta['date']} |"
+        )
+    rows.append(f"| all | {total / 60:.1f} min | | | | |")
+    return "\n".join(rows) if len(rows) > 3 else "Not measured yet: no notebook there was run on a GPU."
+
+
 def results_table(mode: str = "default") -> str:
     """A Markdown table of the test metrics saved under results/<mode>/: each retriever from the last notebook that
     scored it (notebook 06 supersedes 01), with the 95% bootstrap interval of NDCG@10 where one was saved."""
@@ -101,7 +162,7 @@ def results_table(mode: str = "default") -> str:
     for path in sorted((config.repo_root() / "results" / mode).glob("*.json")):
         record = json.loads(path.read_text())
         m = record["machine"]
-        where = f"{record['name']}, {m['device']} ({m['cpu_count']} cores), {mode} mode, {record['date']}"
+        where = f"{record['name']}, {m.get('gpu', m['device'])} ({m['cpu_count']} cores), {mode} mode, {record['date']}"
         cis = record["results"].get("test_ci", {})
         for name, metrics in record["results"].get("test", {}).items():
             latest[name] = (metrics, cis.get(name, {}).get("ndcg@10"), where)
@@ -109,6 +170,8 @@ def results_table(mode: str = "default") -> str:
         "| retriever | NDCG@10 [95% CI] | MRR@10 | Recall@10 | Recall@100 | where measured |",
         "|---|---|---|---|---|---|",
     ]
+    if not latest:
+        return f"Not measured yet: no notebook has saved test results in {mode} mode."
     for name, (metrics, ci, where) in latest.items():
         ndcg = f"{metrics['ndcg@10']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         rows.append(
@@ -151,11 +214,16 @@ def all_notebooks() -> list[Path]:
 
 
 def update_readme(paths: list[Path] | None = None) -> None:
-    """Rewrite the README's timing, results and deployment tables from the notebooks' metadata and results/."""
-    readme = config.repo_root() / "README.md"
+    """Rewrite the README's tables from the notebooks' metadata and results/: CPU default-mode timings, results and
+    deployment, and the GPU full-mode run (notebooks under results/gpu/full_course/, results under results/full/)."""
+    root = config.repo_root()
+    readme = root / "README.md"
     text = _replace_between(readme.read_text(), README_TIMES, times_table(paths or all_notebooks()))
     text = _replace_between(text, README_RESULTS, results_table())
-    readme.write_text(_replace_between(text, README_DEPLOY, deployment_table()))
+    text = _replace_between(text, README_DEPLOY, deployment_table())
+    gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
+    text = _replace_between(text, README_GPU_TIMES, gpu_times_table(gpu_notebooks))
+    readme.write_text(_replace_between(text, README_GPU_RESULTS, results_table("full")))
 
 
 def main(argv: list[str] | None = None) -> int:

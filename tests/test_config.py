@@ -70,3 +70,12 @@ def test_precision_follows_the_gpu(monkeypatch, bf16, expected):
 def test_describe_names_versions_and_hardware():
     info = config.describe()
     assert {"mode", "device", "precision", "torch", "sentence-transformers"} <= set(info)
+
+
+def test_configure_cuda_turns_off_cudnn_attention_on_gpus_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    config.configure_cuda("cpu")
+    assert calls == []
+    config.configure_cuda("cuda")
+    assert calls == [False]

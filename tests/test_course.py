@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import nbformat
 import pytest
@@ -80,3 +81,16 @@ def test_deployment_table_lists_every_configuration_and_the_pick(home):
     table = course.deployment_table("default")
     assert "| finetuned 384d binary + rescore | 0.500 | 97.0 | 2.0 KiB | 32.0 |" in table
     assert "**onnx-int8 384d int8 + rescore**, NDCG@10 0.510" in table and "9 test questions over 40 chunks" in table
+
+
+def test_gpu_memory_peak_reads_nvidia_smi_and_is_none_without_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi on this CPU machine
+    with course.gpu_memory_peak() as peak:
+        pass
+    assert peak == {"mb": None}
+    fake = tmp_path / "nvidia-smi"  # prints one GPU's memory in use, as `--format=csv,noheader,nounits` does
+    fake.write_text("#!/bin/sh\necho 1234\n")
+    fake.chmod(0o755)
+    with course.gpu_memory_peak(interval_s=0.01) as peak:
+        time.sleep(0.1)
+    assert peak == {"mb": 1234.0}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from embtune_utils import data, models, negatives, train
+from embtune_utils import config, data, models, negatives, train
 
 
 def test_training_pairs_sources(tiny_beir, model, monkeypatch):
@@ -29,6 +29,18 @@ def test_training_args_defaults(tmp_path):
     assert args.batch_sampler == "no_duplicates" and not args.fp16 and not args.bf16  # CPU here
     with pytest.raises(train.TrainError, match="at least 2"):
         train.training_args(tmp_path, batch_size=1)
+
+
+def test_loader_flags_keep_a_gpu_fed_and_leave_a_cpu_alone(monkeypatch):
+    assert train.loader_flags("cpu") == {"dataloader_num_workers": 0, "dataloader_pin_memory": False}
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 16)
+    gpu = train.loader_flags("cuda")
+    assert gpu["dataloader_num_workers"] == 4 and gpu["dataloader_persistent_workers"]
+    assert gpu["dataloader_pin_memory"] and gpu["optim"] == "adamw_torch_fused"
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 2)  # a Colab T4: one worker, one core for the main process
+    assert config.loader_workers("cuda") == 1
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 1)
+    assert "dataloader_persistent_workers" not in train.loader_flags("cuda")
 
 
 def test_track_resources_sees_time_and_memory():
