@@ -126,6 +126,11 @@ class Index:
 
     def search(self, query_emb: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Scores and row numbers of the top `k` documents per query (float query embeddings in, best first)."""
+        if query_emb.ndim != 2 or query_emb.shape[1] < self.dim:
+            raise DeployError(
+                f"query embeddings of shape {query_emb.shape} for an index of {self.dim}-dim vectors: encode the "
+                f"queries (a 2-D array) with the model the index was built from, which gives at least {self.dim} dims."
+            )
         q = truncate(query_emb, self.dim) if query_emb.shape[1] != self.dim else query_emb
         depth = min(k * self.oversample if self.rescore is not None else k, self.ntotal)
         scores, idx = self.faiss_index.search(self._encode(q), depth)
@@ -416,13 +421,42 @@ def _write_index(
         "quality": quality,
         "created": date.today().isoformat(),
         "machine": config.describe(),
+        "sha256": {p.name: sha256(p) for p in sorted(folder.iterdir())},  # load_artifact checks them
     }
     evaluate.write_json(folder / "metadata.json", metadata)
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _whole(path: Path) -> Path:
+    """`path`, or its `.old` copy when a save was killed between its two renames (the old one is whole)."""
+    old = path.with_name(path.name + ".old")
+    return old if not path.exists() and old.exists() else path
+
+
+def _check_files(index_dir: Path, expected: dict[str, str]) -> None:
+    """Raise a DeployError if a file of index/ is missing or its bytes differ from those saved."""
+    for name, digest in expected.items():
+        path = index_dir / name
+        if not path.is_file() or sha256(path) != digest:
+            why = "is missing" if not path.is_file() else "does not match the checksum saved with it"
+            raise DeployError(f"{path} {why} (a damaged or half-copied artifact): save the artifact again.")
 
 
 def _swap_in(tmp: Path, folder: Path) -> Path:
     """Replace `folder` by the finished `tmp` folder (two renames), leaving the old one whole until the last step."""
     old = folder.with_name(folder.name + ".old")
+    if not folder.exists() and old.exists():  # a save killed between its two renames: `old` is the whole one
+        old.replace(folder)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.replace(old)
@@ -492,8 +526,9 @@ def load_artifact(folder: Path | str) -> Deployment:
     """Load an artifact written by `save_artifact`; a missing or foreign folder is a DeployError that says why."""
     import faiss
 
-    folder = Path(folder)
-    meta_path = folder / "index" / "metadata.json"
+    folder = _whole(Path(folder))
+    index_dir = _whole(folder / "index")
+    meta_path = index_dir / "metadata.json"
     if not meta_path.is_file():
         raise DeployError(
             f"{folder} has no index/metadata.json: it is not a deployment artifact. Run notebook 07 (it saves one to "
@@ -502,20 +537,21 @@ def load_artifact(folder: Path | str) -> Deployment:
     metadata = json.loads(meta_path.read_text())
     if metadata.get("format") != ARTIFACT_FORMAT:
         raise DeployError(f"{folder} has artifact format {metadata.get('format')}, this code reads {ARTIFACT_FORMAT}.")
+    _check_files(index_dir, metadata.get("sha256", {}))  # artifacts saved before checksums existed have none
     spec = metadata["index"]
     read = faiss.read_index_binary if spec["kind"].startswith("binary") else faiss.read_index
-    faiss_index = read(str(folder / "index" / "index.faiss"))
+    faiss_index = read(str(index_dir / "index.faiss"))
     if "ef_search" in spec["params"]:
         faiss_index.hnsw.efSearch = spec["params"]["ef_search"]
     if "nprobe" in spec["params"]:
         faiss_index.nprobe = spec["params"]["nprobe"]
     ranges = None if metadata["ranges"] is None else np.asarray(metadata["ranges"], dtype=np.float32)
-    rescore = np.load(folder / "index" / "rescore_int8.npy", mmap_mode="r") if metadata["rescore"] else None
+    rescore = np.load(index_dir / "rescore_int8.npy", mmap_mode="r") if metadata["rescore"] else None
     index = Index("deployed", faiss_index, spec["kind"], spec["dim"], ranges, rescore, spec["oversample"])
-    chunks = [json.loads(line) for line in (folder / "index" / "chunks.jsonl").read_text().splitlines()]
+    chunks = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
     if len(chunks) != faiss_index.ntotal:
         raise DeployError(f"{folder}: {len(chunks)} chunks but {faiss_index.ntotal} vectors; save the artifact again.")
-    model_dir = (folder / "index" / metadata["model"]).resolve()
+    model_dir = (index_dir / metadata["model"]).resolve()
     if metadata["onnx_file"]:
         model = load_onnx(model_dir, metadata["onnx_file"])
     else:  # the torch model (when the int8 ONNX model lost too much quality to be chosen)

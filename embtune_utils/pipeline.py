@@ -315,7 +315,19 @@ def train_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
     )
     record = train.model_record(result) | {"data": f"{cfg.corpus}: {cfg.train_queries} training queries"}
     train.save_model(model, out / "model", record)
-    keep = ("steps", "pairs", "best", "seconds", "peak_mb", "resumed_from", "dev", "losses", "epochs", "batch_size")
+    keep = (
+        "steps",
+        "max_steps",
+        "pairs",
+        "best",
+        "seconds",
+        "peak_mb",
+        "resumed_from",
+        "dev",
+        "losses",
+        "epochs",
+        "batch_size",
+    )
     summary = {k: result[k] for k in keep if k in result}
     resumed = f", resumed from {Path(result['resumed_from']).name}" if result.get("resumed_from") else ""
     return (
@@ -493,6 +505,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     os.environ["EMBTUNE_MODE"] = config.get_mode(cfg.mode)  # the package's functions read the mode from here
     config.set_seed(cfg.seed)
     out = Path(cfg.out).expanduser()
+    synth.make_generator(cfg.generator, out / "batch", cfg.base_url)  # no key, bad URL: fail before anything is written
     out.mkdir(parents=True, exist_ok=True)
     base = models.load_model(cfg.base_model, verbose=False)
     started = datetime.now(UTC).isoformat(timespec="seconds")

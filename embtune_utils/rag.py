@@ -34,6 +34,11 @@ def openai_client(base_url: str | None = None) -> Any:
     from openai import OpenAI
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise config.ConfigError(
+            f"the base URL {base_url!r} (--base-url or OPENAI_BASE_URL) has no http:// or https://: write it whole, "
+            "e.g. http://localhost:8000/v1."
+        )
     key = os.environ.get("OPENAI_API_KEY")
     if not key and base_url is None:
         raise MissingKeyError(

