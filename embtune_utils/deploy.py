@@ -454,9 +454,9 @@ def _check_files(index_dir: Path, expected: dict[str, str]) -> None:
 
 def _swap_in(tmp: Path, folder: Path) -> Path:
     """Replace `folder` by the finished `tmp` folder (two renames), leaving the old one whole until the last step."""
+    if (whole := _whole(folder)) != folder:  # a save killed between its two renames: `.old` is the whole one
+        whole.replace(folder)
     old = folder.with_name(folder.name + ".old")
-    if not folder.exists() and old.exists():  # a save killed between its two renames: `old` is the whole one
-        old.replace(folder)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.replace(old)
