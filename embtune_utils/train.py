@@ -192,9 +192,13 @@ def short_run(model: Any, loss: Any, dataset: Any, args: Any, optimizer: Any = N
     }
 
 
-def dev_scores(model: Any, beir: data.Beir, split: str = "dev") -> dict[str, float]:
-    """Per-query NDCG@10 of `model` on a split's questions against that split's chunks (dense retrieval)."""
-    run = evaluate.dense_run(model, data.split_corpus(beir, split), beir.split_queries(split))
+def dev_scores(
+    model: Any, beir: data.Beir, split: str = "dev", queries: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Per-query NDCG@10 of `model` on a split's questions (or other wordings of them, `queries`) against that
+    split's chunks (dense retrieval)."""
+    queries = beir.split_queries(split) if queries is None else queries
+    run = evaluate.dense_run(model, data.split_corpus(beir, split), queries)
     per_query = evaluate.per_query_metrics(run, beir.qrels[split], ("ndcg@10",))
     return {qid: m["ndcg@10"] for qid, m in per_query.items()}
 

@@ -94,3 +94,18 @@ def test_gpu_memory_peak_reads_nvidia_smi_and_is_none_without_it(tmp_path, monke
     with course.gpu_memory_peak(interval_s=0.01) as peak:
         time.sleep(0.1)
     assert peak == {"mb": 1234.0}
+
+
+def test_beyond_table_comes_from_notebook_08s_results(home):
+    from embtune_utils import beyond, evaluate
+
+    assert "Not measured yet" in course.beyond_table("default")
+    runs = {"baseline": {"dev": {"a": 0.5, "b": 0.4}, "seconds": 90.0}}
+    runs["distillation"] = {"dev": {"a": 0.45, "b": 0.4}, "seconds": 130.0}
+    summary = beyond.summarize(runs, "baseline")
+    evaluate.save_results("08_beyond", {"summary": summary, "pairs_per_run": 384, "n_dev_queries": 2}, mode="default")
+    table = course.beyond_table("default")
+    assert "384 training rows per run, 2 dev questions" in table
+    assert "| baseline | 0.450 | — | — | 90 | baseline |" in table
+    assert "| distillation | 0.425 | -0.025 [" in table and "| 130 | no measurable difference |" in table
+
