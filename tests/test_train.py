@@ -65,6 +65,35 @@ def test_short_run_trains_and_reports(tiny_beir, tmp_path):
         train.short_run(model, _mnrl(model), dataset.select(range(3)), args)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes"),
+    ],
+)
+def test_out_of_memory_names_the_fixes(tiny_beir, tmp_path, monkeypatch, error):
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+
+    def run_out(self, **kwargs):
+        raise error
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "train", run_out)
+    model = models.load_model(verbose=False)
+    dataset = negatives.to_dataset(data.expert_pairs(tiny_beir, "train")[:8], tiny_beir.corpus, n=0)
+    args = train.training_args(tmp_path, batch_size=8)
+    with pytest.raises(
+        train.TrainError, match="Out of memory at batch size 8: use a smaller batch_size .e.g. 4."
+    ) as err:
+        train.short_run(model, _mnrl(model), dataset, args)
+    assert "cached_mnrl" in str(err.value) and err.value.__cause__ is error
+    monkeypatch.setattr(
+        SentenceTransformerTrainer, "train", lambda self, **kw: (_ for _ in ()).throw(RuntimeError("other"))
+    )
+    with pytest.raises(RuntimeError, match="^other$"):  # other errors pass through unchanged
+        train.short_run(model, _mnrl(model), dataset, args)
+
+
 def _mnrl(model):
     from embtune_utils import losses
 
