@@ -347,7 +347,7 @@ def promote(
     qids = sorted(current)
     delta = {q: candidate[q] - current[q] for q in qids}
     overall = float(np.mean(list(delta.values())))
-    per_slice = {s: float(np.mean([delta[q] for q in qids if slices[q] == s])) for s in sorted(set(slices.values()))}
+    per_slice = slice_means(delta, slices)
     worst = min(per_slice, key=per_slice.get)
     if overall <= 0:
         decision, why = "rollback", f"no overall gain ({overall:+.3f})"

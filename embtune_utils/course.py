@@ -92,13 +92,18 @@ def gpu_memory_peak(interval_s: float = 0.5) -> Iterator[dict[str, float | None]
         thread.join()
 
 
+def status_line(path: Path, ok: bool, seconds: float, mode: str, error: str) -> str:
+    """One notebook's line in `make course` and `course time` output: status, name, wall time, mode, error."""
+    return f"{'ok  ' if ok else 'FAIL'} {path.name:<36} {seconds:7.1f} s  mode={mode}  {error}"
+
+
 def run_all(paths: list[Path], mode: str) -> int:
     """Run notebooks in order, one status line each; returns the number that failed."""
     failed = 0
     for path in paths:
         ok, seconds, error = run_notebook(path, mode)
         failed += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {path.name:<36} {seconds:7.1f} s  mode={mode}  {error}", flush=True)
+        print(status_line(path, ok, seconds, mode, error), flush=True)
     return failed
 
 
@@ -113,7 +118,7 @@ def time_notebooks(paths: list[Path], mode: str) -> Path:
         for path in paths:
             copy = Path(shutil.copy(path, Path(tmp) / path.name))
             ok, seconds, error = run_notebook(copy, mode)
-            print(f"{'ok  ' if ok else 'FAIL'} {path.name:<36} {seconds:7.1f} s  mode={mode}  {error}", flush=True)
+            print(status_line(path, ok, seconds, mode, error), flush=True)
             timings[path.name] = {"wall_s": round(seconds, 1), "ok": ok}
     record = {"mode": mode, "date": date.today().isoformat(), "device": info["device"], "cpu_count": info["cpu_count"]}
     record["notebooks"] = timings
@@ -296,9 +301,8 @@ def _timings() -> dict[str, dict[str, float]]:
     return out
 
 
-def workshop_times_table() -> str:
-    """Per-notebook measured run time in each mode (CPU), for planning what to run live."""
-    timings = _timings()
+def workshop_times_table(timings: dict[str, dict[str, float]]) -> str:
+    """Per-notebook measured run time in each mode (CPU, from _timings), for planning what to run live."""
     rows = ["| notebook | default mode (CPU) | fast mode (CPU) |", "|---|---|---|"]
     for path in all_notebooks():
         cells = [
@@ -309,11 +313,11 @@ def workshop_times_table() -> str:
     return "\n".join(rows)
 
 
-def agenda_tables() -> str:
-    """The workshop agendas with start times: measured run minutes (rounded up) plus the planned talk minutes."""
+def agenda_tables(timings: dict[str, dict[str, float]]) -> str:
+    """The workshop agendas with start times: measured run minutes (from _timings, rounded up) plus the planned talk
+    minutes."""
     import math
 
-    timings = _timings()
     parts = []
     for title, slots in AGENDAS.items():
         rows = [f"**{title}**", "", "| start | slot | notebook | runs live in | run min | talk + exercises min |"]
@@ -354,8 +358,9 @@ def update_readme(paths: list[Path] | None = None) -> None:
     gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
     text = _replace_between(text, README_GPU_TIMES, gpu_times_table(gpu_notebooks))
     text = _replace_between(text, README_GPU_RESULTS, results_table("full"))
-    text = _replace_between(text, README_WORKSHOP_TIMES, workshop_times_table())
-    readme.write_text(_replace_between(text, README_AGENDAS, agenda_tables()))
+    timings = _timings()  # read once for both workshop tables
+    text = _replace_between(text, README_WORKSHOP_TIMES, workshop_times_table(timings))
+    readme.write_text(_replace_between(text, README_AGENDAS, agenda_tables(timings)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,11 +123,11 @@ def test_time_runs_copies_and_saves_the_timings(home):
 
 
 def test_agendas_add_measured_run_minutes_to_the_plan(monkeypatch):
-    monkeypatch.setattr(course, "_timings", lambda: {"default": {"01_a": 61.0}, "fast": {"01_a": 10.0}})
+    timings = {"default": {"01_a": 61.0}, "fast": {"01_a": 10.0}}
     agenda = [("intro", None, None, 10), ("notebook", "01_a", "default", 20), ("again", "01_a", "fast", 5)]
     agenda.append(("unmeasured", "02_b", "fast", 5))
     monkeypatch.setattr(course, "AGENDAS", {"plan": agenda})
-    table = course.agenda_tables()
+    table = course.agenda_tables(timings)
     assert "| 0:10 | notebook | `01_a` | default | 2 | 20 |" in table  # 61 s rounds up to 2 min
     assert "| 0:32 | again | `01_a` | fast | 1 | 5 |" in table
     assert "| 0:43 | end |" in table and "counted as 0 min: 02_b (fast)" in table
