@@ -38,21 +38,58 @@ def optional_model(name: str) -> tuple[Any, str]:
     return models.load_model(path, verbose=False), source
 
 
+def model_size(model: Any) -> str:
+    """Parameters (millions) and embedding dimensions, as notebook 08 prints a model."""
+    return (
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters, {model.get_embedding_dimension()} dims"
+    )
+
+
+def plumbing_args() -> dict[str, Any]:
+    """Trainer arguments that are plumbing, not the recipe: precision and data loading for this hardware, no
+    checkpoints, no progress bars or log reporting (notebook 08 passes them on with **)."""
+    from embtune_utils import train
+
+    quiet = {"save_strategy": "no", "report_to": "none", "disable_tqdm": True, "logging_strategy": "no"}
+    return {**train.precision_flags(), **train.loader_flags(), **quiet}
+
+
+def run_batch_size(rows_per_run: int, batch_size: int) -> int:
+    """The batch size for runs of `rows_per_run` rows: at most `batch_size`, and small enough for 4 steps per run
+    (a run of one or two steps is mostly its first, least informed, step)."""
+    if rows_per_run < 8:
+        raise BeyondError(f"{rows_per_run} rows per run is too few: use at least 8 (4 steps of 2 pairs).")
+    return max(2, min(batch_size, rows_per_run // 4))
+
+
 # ---------------------------------------------------------------- distillation
+
+
+def margins(model: Any, rows: list[dict[str, Any]], corpus: dict[str, dict[str, Any]]) -> np.ndarray:
+    """cos(q, pos) − cos(q, neg) of each (query, chunk_id, negatives[0]) row under `model`; each distinct text is
+    embedded once (curriculum rows repeat their question and positive with three negatives)."""
+    if any(not r.get("negatives") for r in rows):
+        raise BeyondError("Distillation rows need a mined negative each: use notebook 03's rows (train.course_rows).")
+    queries = sorted({r["query"] for r in rows})
+    chunk_ids = sorted({r["chunk_id"] for r in rows} | {r["negatives"][0] for r in rows})
+    q = dict(zip(queries, evaluate.encode(model, queries)))
+    c = dict(zip(chunk_ids, evaluate.encode(model, [corpus[i]["text"] for i in chunk_ids])))
+    return np.array([q[r["query"]] @ (c[r["chunk_id"]] - c[r["negatives"][0]]) for r in rows], dtype=float)
 
 
 def margin_dataset(rows: list[dict[str, Any]], corpus: dict[str, dict[str, Any]], teacher: Any) -> Any:
     """(anchor, positive, negative, label) rows for MarginMSELoss; label = the teacher's cos(q, pos) − cos(q, neg)."""
     from datasets import Dataset
 
-    if any(not r.get("negatives") for r in rows):
-        raise BeyondError("Distillation rows need a mined negative each: use notebook 03's rows (train.course_rows).")
-    queries = [r["query"] for r in rows]
-    positives = [corpus[r["chunk_id"]]["text"] for r in rows]
-    negs = [corpus[r["negatives"][0]]["text"] for r in rows]
-    q, p, n = (evaluate.encode(teacher, texts) for texts in (queries, positives, negs))
-    margins = (q * p).sum(axis=1) - (q * n).sum(axis=1)
-    return Dataset.from_dict({"anchor": queries, "positive": positives, "negative": negs, "label": margins.tolist()})
+    labels = margins(teacher, rows, corpus)
+    return Dataset.from_dict(
+        {
+            "anchor": [r["query"] for r in rows],
+            "positive": [corpus[r["chunk_id"]]["text"] for r in rows],
+            "negative": [corpus[r["negatives"][0]]["text"] for r in rows],
+            "label": labels.tolist(),
+        }
+    )
 
 
 # ---------------------------------------------------------------- domain vocabulary
@@ -331,10 +368,31 @@ def drift_test(
             "p": float(p)}  # fmt: skip
 
 
-def top1_scores(model: Any, corpus: dict[str, dict[str, Any]], queries: dict[str, str]) -> np.ndarray:
-    """Each query's best cosine score in a corpus: a drop on new data is a drift signal that needs no labels."""
-    run = evaluate.dense_run(model, corpus, queries, k=1)
-    return np.array([hits[0][1] for hits in run.values()])
+def sample_per_article(corpus: dict[str, dict[str, Any]], k: int, seed: int = config.SEED) -> dict[str, Any]:
+    """Up to k chunks of every article, drawn at random: the drift test compares articles, so a few chunks of each
+    estimate its place in embedding space at a fraction of the encoding time."""
+    by_doc: dict[str, list[str]] = {}
+    for cid, chunk in corpus.items():
+        by_doc.setdefault(chunk["metadata"]["doc_id"], []).append(cid)
+    rng = random.Random(seed)
+    keep = {cid for ids in by_doc.values() for cid in rng.sample(ids, min(k, len(ids)))}
+    return {cid: chunk for cid, chunk in corpus.items() if cid in keep}
+
+
+def top1_scores(
+    model: Any, corpus: dict[str, dict[str, Any]], queries: dict[str, str], within: set[str] | None = None
+) -> np.ndarray:
+    """Each query's best cosine score among the corpus chunks (or only those `within`): a drop on new data is a drift
+    signal that needs no labels. The corpus embeddings come from the cache a dev evaluation of `model` fills."""
+    ids = list(corpus)
+    emb = evaluate.corpus_embeddings(model, corpus)
+    if within is not None:
+        mask = np.array([cid in within for cid in ids])
+        if not mask.any():
+            raise BeyondError("No chunk of the corpus is in `within`: pass chunk ids of this corpus.")
+        emb = emb[mask]
+    q = evaluate.encode(model, list(queries.values()))
+    return (q @ emb.T).max(axis=1)
 
 
 def promote(
@@ -371,23 +429,33 @@ def slice_means(scores: dict[str, float], slices: dict[str, str]) -> dict[str, f
     return {s: float(np.mean([v for q, v in scores.items() if slices[q] == s])) for s in sorted(set(slices.values()))}
 
 
-def verdict(test: dict[str, float], alpha: float = 0.05) -> str:
-    """'gain' or 'loss' when a paired test is significant at alpha, else 'no measurable difference'."""
-    if test["p"] >= alpha:
-        return "no measurable difference"
-    return "gain" if test["mean"] > 0 else "loss"
+def verdict(test: dict[str, float]) -> str:
+    """'gain' or 'loss' when the paired 95% CI lies wholly above or below 0, else 'no measurable difference' (the
+    forest plot colours exactly these rows)."""
+    if test["lo"] > 0:
+        return "gain"
+    if test["hi"] < 0:
+        return "loss"
+    return "no measurable difference"
 
 
 def summarize(runs: dict[str, dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
-    """One row per run: dev NDCG@10, the paired difference to the baseline run (mean, 95% CI, p), time, verdict."""
-    ref = runs[baseline]["dev"]
+    """One row per run: dev NDCG@10 with its 95% CI, the paired difference to its reference run (a run's "reference"
+    key, else the baseline) with a 95% CI and p, time, and the verdict of that test."""
     rows = []
     for label, r in runs.items():
+        reference = r.get("reference", baseline)
+        ref = runs[reference]["dev"]
+        if set(r["dev"]) != set(ref):
+            raise BeyondError(f"{label!r} and {reference!r} were scored on different dev questions: score both alike.")
         test = evaluate.paired_test([r["dev"][q] for q in ref], list(ref.values()))
+        _, lo, hi = evaluate.bootstrap_ci(list(r["dev"].values()))
         rows.append(
             {
                 "technique": label,
                 "dev ndcg@10": mean(r["dev"]),
+                "dev_ci": (lo, hi),
+                "reference": reference,
                 "delta": test["mean"],
                 "ci": (test["lo"], test["hi"]),
                 "p": test["p"],
@@ -399,16 +467,26 @@ def summarize(runs: dict[str, dict[str, Any]], baseline: str) -> list[dict[str, 
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    """The summary as a Markdown table (the notebook prints it; the README and notes copy it)."""
+    """The summary as a Markdown table (the notebook prints it; the README and notes copy it). Δ is to the baseline
+    unless the cell names another reference run."""
     lines = [
         "| technique | dev NDCG@10 | Δ vs baseline [95% CI] | p | time s | verdict |",
         "|---|---|---|---|---|---|",
     ]
+    base = next((r["technique"] for r in rows if r["verdict"] == "baseline"), None)
     for r in rows:
         lo, hi = r["ci"]
         delta = "—" if r["verdict"] == "baseline" else f"{r['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        if r["verdict"] != "baseline" and r.get("reference", base) != base:
+            delta += f" vs {r['reference']}"
         p = "—" if r["verdict"] == "baseline" else f"{r['p']:.3f}"
         lines.append(
             f"| {r['technique']} | {r['dev ndcg@10']:.3f} | {delta} | {p} | {r['seconds']:.0f} | {r['verdict']} |"
         )
     return "\n".join(lines)
+
+
+def detectable(rows: list[dict[str, Any]]) -> float:
+    """The median half-width of the paired 95% CIs: differences much smaller than this cannot be told from noise
+    with this many dev questions and runs this short."""
+    return float(np.median([(r["ci"][1] - r["ci"][0]) / 2 for r in rows if r["verdict"] != "baseline"]))

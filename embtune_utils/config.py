@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class ModeSettings:
     ablation_pairs: int  # training pairs per run in notebook 04's equal-budget loss ablation
     memory_batch: int  # batch size at which notebook 04 measures MNRL vs cached MNRL memory
     compare_pairs: int  # training pairs per run in notebook 05's comparisons (data sources, partial fine-tuning)
+    beyond_pairs: int  # training rows per technique run in notebook 08 (distillation, curriculum, ...)
     max_train_pairs: int | None  # cap on the final training run's pairs (None = all)
     epochs: int  # passes over the training pairs in the final run (early stopping may end it sooner)
     eval_steps: int  # dev evaluation (and checkpoint) every this many steps
@@ -49,8 +51,9 @@ _SETTINGS = {
         live_chunks=2,
         train_batch_size=16,
         ablation_pairs=64,
-        memory_batch=32,
+        memory_batch=16,
         compare_pairs=32,
+        beyond_pairs=32,
         max_train_pairs=96,
         epochs=1,
         eval_steps=2,
@@ -64,12 +67,13 @@ _SETTINGS = {
         encode_batch_size=32,
         live_chunks=4,
         train_batch_size=32,
-        ablation_pairs=256,
-        memory_batch=64,
-        compare_pairs=384,
-        max_train_pairs=None,
+        ablation_pairs=128,
+        memory_batch=32,
+        compare_pairs=128,
+        beyond_pairs=48,
+        max_train_pairs=512,
         epochs=1,
-        eval_steps=10,
+        eval_steps=4,
         max_generate_chunks=None,
     ),
     # full: everything, bigger batches, for GPUs.
@@ -82,7 +86,8 @@ _SETTINGS = {
         train_batch_size=128,
         ablation_pairs=2048,
         memory_batch=256,
-        compare_pairs=2048,
+        compare_pairs=1280,
+        beyond_pairs=1280,
         max_train_pairs=None,
         epochs=3,
         eval_steps=10,
@@ -154,6 +159,42 @@ def results_dir(mode: str | None = None) -> Path:
     return path
 
 
+def display_path(path: str | Path) -> str:
+    """A path as notebooks and logs print it, with no machine-specific prefix: relative to the course folder, else
+    `<packages>/...` inside an installed package, `~/...` under home, `<tmp>/...` under the temporary folder."""
+    import sysconfig
+    import tempfile
+
+    path = Path(path).expanduser().resolve()
+    site = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    for prefix in site:  # first: the course's own .venv lies inside the course folder
+        if path.is_relative_to(prefix):
+            return f"<packages>/{path.relative_to(prefix)}"
+    with contextlib.suppress(ConfigError):
+        if path.is_relative_to(root := repo_root()):
+            return str(path.relative_to(root)) or "."
+    if path.is_relative_to(tmp := Path(tempfile.gettempdir()).resolve()):
+        return f"<tmp>/{path.relative_to(tmp)}"
+    if path.is_relative_to(home := Path.home().resolve()):
+        return f"~/{path.relative_to(home)}"
+    return str(path)
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where the OS does not say). On Linux it reads VmHWM,
+    the peak of the process's own address space: ru_maxrss would also count the parent's memory before exec."""
+    import re
+    import sys
+
+    with contextlib.suppress(OSError, TypeError):
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) / 1024
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write a file whole or not at all: a temporary file beside it, renamed into place (a killed run leaves the old
     file or none, never half of one)."""
@@ -185,13 +226,36 @@ def detect_device() -> str:
     return "cpu"
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def precision_override() -> str | None:
+    """$EMBTUNE_PRECISION (fp32, fp16 or bf16) when set, e.g. fp16 on a bf16 GPU to try a T4's path; else None."""
+    value = os.environ.get("EMBTUNE_PRECISION", "").strip().lower()
+    if not value:
+        return None
+    if value not in PRECISIONS:
+        raise ConfigError(
+            f"EMBTUNE_PRECISION={value!r} is not a precision: use one of {', '.join(PRECISIONS)} "
+            "(for example `EMBTUNE_PRECISION=fp16` to train as on a T4), or unset it to let the course pick."
+        )
+    return value
+
+
 def detect_precision(device: str | None = None) -> str:
-    """'bf16' on CUDA GPUs that support it, 'fp16' on older CUDA GPUs, else 'fp32' (CPU and MPS)."""
+    """$EMBTUNE_PRECISION if set; else 'bf16' on CUDA GPUs with native bf16 (Ampere and later), 'fp16' on older CUDA
+    GPUs (a T4: its bf16 is only emulated, which torch.cuda.is_bf16_supported() counts by default), else 'fp32'."""
     import torch
 
+    if (forced := precision_override()) is not None:
+        return forced
     device = device or detect_device()
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no emulation and no argument
+            native = torch.cuda.is_bf16_supported()
+        return "bf16" if native else "fp16"
     return "fp32"
 
 
@@ -205,6 +269,50 @@ def configure_cuda(device: str | None = None) -> None:
     import torch
 
     torch.backends.cuda.enable_cudnn_sdp(False)
+    cap_gpu_memory()
+
+
+GB = 10**9  # EMBTUNE_GPU_MEMORY_GB counts decimal gigabytes, as GPU datasheets do (a T4: 16 GB, 15.8e9 bytes to torch)
+_gpu_memory_cap: dict[str, float] = {}  # what cap_gpu_memory() set in this process (empty: no cap)
+
+
+def gpu_memory_gb() -> float | None:
+    """$EMBTUNE_GPU_MEMORY_GB as a number of GB when set (a positive number), else None."""
+    value = os.environ.get("EMBTUNE_GPU_MEMORY_GB", "").strip()
+    if not value:
+        return None
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = float("nan")
+    if not 0 < gb < float("inf"):
+        raise ConfigError(
+            f"EMBTUNE_GPU_MEMORY_GB={value!r} is not a positive number of GB: for example "
+            "`EMBTUNE_GPU_MEMORY_GB=15` to fit a 16 GB T4, or unset it to use the whole GPU."
+        )
+    return gb
+
+
+def memory_fraction(gb: float, total_bytes: int) -> float:
+    """The share of a GPU of `total_bytes` that `gb` GB is, at most 1 (a cap above the card's memory caps nothing)."""
+    return min(1.0, gb * GB / total_bytes)
+
+
+def cap_gpu_memory() -> dict[str, float]:
+    """Cap this process's GPU memory at $EMBTUNE_GPU_MEMORY_GB (torch.cuda.set_per_process_memory_fraction on every
+    visible GPU, once per process), so that a large GPU behaves like a small one: an allocation past the cap raises
+    torch's out-of-memory error, as on the small card. Returns {"gb", "fraction", "total_gb"}, empty when unset."""
+    gb = gpu_memory_gb()
+    if gb is None or _gpu_memory_cap:
+        return dict(_gpu_memory_cap)
+    import torch
+
+    for index in range(torch.cuda.device_count()):
+        total = torch.cuda.get_device_properties(index).total_memory
+        fraction = memory_fraction(gb, total)
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
+        _gpu_memory_cap.update(gb=gb, fraction=round(fraction, 4), total_gb=round(total / GB, 1))
+    return dict(_gpu_memory_cap)
 
 
 def loader_workers(device: str | None = None) -> int:
@@ -225,11 +333,15 @@ def describe() -> dict[str, str]:
 
     device = detect_device()
     gpu = {"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}
+    if device == "cuda" and (gb := gpu_memory_gb()) is not None:
+        gpu["gpu_memory_cap"] = f"{gb:g} GB (EMBTUNE_GPU_MEMORY_GB)"
+    forced = {"precision_set_by": "EMBTUNE_PRECISION"} if precision_override() else {}
     return {
         "mode": get_mode(),
         "device": device,
         **gpu,
         "precision": detect_precision(device),
+        **forced,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

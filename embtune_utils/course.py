@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,15 +29,212 @@ README_AGENDAS = ("<!-- agendas:start -->", "<!-- agendas:end -->")
 GPU_NOTEBOOKS = Path("results/gpu/full_course")  # the notebooks as executed in full mode on a GPU (device run)
 
 
-def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, float, str]:
-    """Execute one notebook in place (outputs written back) in `mode`; returns (ok, seconds, error line)."""
+FAST_RSS_LIMIT_MB = 2048  # a Binder pod (mybinder.org gives 1-2 GB): every notebook must fit it in fast mode
+QUIET_ENV = {  # no progress bars or widgets in committed outputs: the kernel inherits these
+    "TQDM_DISABLE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+# Run before the notebook's cells (and removed again): where the time goes, by what the library is doing. Each
+# category counts its own time only (an evaluation inside trainer.train() is evaluation, not training); encoding
+# inside an evaluation counts as evaluation. "other" is the rest of the wall time.
+PROFILE = True  # tests of the runner itself turn it off: it imports sentence-transformers in every kernel
+PROFILE_CATEGORIES = ("loading", "training", "evaluation", "encoding")
+_PROFILE_SETUP = """import functools as _ft, time as _time
+import sentence_transformers as _st, transformers as _tf
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator as _IRE
+_profile = {k: 0.0 for k in ("loading", "training", "evaluation", "encoding")}
+_frames = []
+def _timed(category, fn):
+    @_ft.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if category == "encoding" and any(f[0] == "evaluation" for f in _frames):
+            return fn(*args, **kwargs)  # part of the evaluation around it
+        _frames.append([category, 0.0])
+        start = _time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent = _time.perf_counter() - start
+            _, inner = _frames.pop()
+            _profile[category] += spent - inner
+            if _frames:
+                _frames[-1][1] += spent
+    return wrapper
+_st.SentenceTransformer.__init__ = _timed("loading", _st.SentenceTransformer.__init__)
+_st.SentenceTransformer.encode = _timed("encoding", _st.SentenceTransformer.encode)
+_tf.Trainer.train = _timed("training", _tf.Trainer.train)
+_IRE.__call__ = _timed("evaluation", _IRE.__call__)
+try:
+    from embtune_utils import models as _em, train as _et
+    _em.load_model = _timed("loading", _em.load_model)
+    _et.dev_scores = _timed("evaluation", _et.dev_scores)
+except ImportError:
+    pass"""
+# Run after the notebook's cells in its kernel (and removed again): the kernel's own peak resident memory, and on CUDA
+# the peak memory torch allocated, including peaks before a notebook's own reset_peak_memory_stats() calls.
+_PROBE_SETUP = """import torch as _torch
+_torch.cuda._embtune_peak = 0
+_reset = _torch.cuda.reset_peak_memory_stats
+def _keep_peak_then_reset(*args, **kwargs):
+    _torch.cuda._embtune_peak = max(_torch.cuda._embtune_peak, _torch.cuda.max_memory_allocated())
+    return _reset(*args, **kwargs)
+_torch.cuda.reset_peak_memory_stats = _keep_peak_then_reset"""
+_PROBE = """import json as _json, re as _re, sys as _sys
+try:  # Linux: the peak of this process's own address space (ru_maxrss would include the runner's before exec)
+    _hwm = int(_re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
+except (OSError, TypeError):
+    import resource as _resource
+    _hwm = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / (2**20 if _sys.platform == "darwin" else 1024)
+_probe = {"peak_rss_mb": round(_hwm, 1)}
+if "_profile" in globals():
+    _probe["profile"] = {k: round(v, 1) for k, v in _profile.items()}
+_t = _sys.modules.get("torch")
+if _t is not None and _t.cuda.is_available():
+    _peak = max(getattr(_t.cuda, "_embtune_peak", 0), _t.cuda.max_memory_allocated())
+    _probe["cuda_peak_allocated_mb"] = round(_peak / 2**20, 1)
+print("EMBTUNE_PROBE" + _json.dumps(_probe))"""
+
+
+def _with_other(profile: dict[str, float], wall_s: float) -> dict[str, float]:
+    """The profile's categories plus "other": the wall time none of them accounts for."""
+    return profile | {"other": round(max(0.0, wall_s - sum(profile.values())), 1)}
+
+
+def cell_hashes(nb: object) -> list[str]:
+    """A short SHA-256 of each code cell's source, in order: what a recorded run executed (markdown is not hashed)."""
+    import hashlib
+
+    return [hashlib.sha256(c.source.encode()).hexdigest()[:16] for c in nb.cells if c.cell_type == "code"]
+
+
+# What committed outputs must not contain: absolute paths of the machine that ran them, and progress widgets or bars.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>-])/(?:home|root|tmp|work|Users|opt|usr|var|mnt|srv|content|private)/[\w.-]")
+_PROGRESS = re.compile(r"\d+%\|[^\n]*\|\s*\d+/\d+|\d+(?:\.\d+)?\s*(?:it|s)/s\]")
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _output_texts(output: dict) -> list[str]:
+    """Every text an output shows: stream text, plain/HTML/Markdown data, an error's traceback."""
+    texts = [output.get("text", "")] if output.get("output_type") == "stream" else []
+    data = output.get("data", {})
+    texts += [data[k] if isinstance(data[k], str) else "".join(data[k]) for k in ("text/plain", "text/html",
+              "text/markdown") if k in data]  # fmt: skip
+    return texts + list(output.get("traceback", []))
+
+
+def output_problems(nb: object, repo: Path | None = None) -> list[str]:
+    """What is wrong with a notebook's committed outputs: absolute paths, site-packages, progress widgets or bars,
+    widget state, and figures shown twice; one line each, naming the cell."""
+    import hashlib
+
+    repo_text = str(repo or config.repo_root())
+    problems = ["widget state in the notebook's metadata"] if "widgets" in nb.metadata else []
+    seen: dict[str, int] = {}
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if _WIDGET in output.get("data", {}):
+                problems.append(f"cell {index}: a progress widget")
+            for text in _output_texts(output):
+                if repo_text in text or "site-packages" in text or _ABSOLUTE_PATH.search(text):
+                    where = repo_text if repo_text in text else "site-packages" if "site-packages" in text else "/…/"
+                    problems.append(f"cell {index}: an absolute path ({where}) in its output")
+                if _PROGRESS.search(text):
+                    problems.append(f"cell {index}: a progress bar in its output")
+            image = output.get("data", {}).get("image/png")
+            if image:
+                key = hashlib.sha256("".join(image).encode()).hexdigest()
+                if key in seen:
+                    problems.append(f"cell {index}: the figure of cell {seen[key]} shown again")
+                seen.setdefault(key, index)
+    return sorted(set(problems), key=problems.index)
+
+
+def stale_cells(nb: object) -> list[int]:
+    """Indices of code cells whose source changed since the notebook's outputs were recorded (all, if never run)."""
+    recorded = (nb.metadata.get("embtune") or {}).get("code_sha256")
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    if recorded is None:
+        return code
+    now = cell_hashes(nb)
+    if len(now) != len(recorded):
+        return code
+    return [i for i, a, b in zip(code, now, recorded) if a != b]
+
+
+def git_commit() -> str:
+    """The commit the course folder is at ('+changes' when the package differs from it), or 'unknown'. Notebooks are
+    not compared: a run rewrites their outputs, and their code is pinned by the per-cell hashes instead."""
+    root = config.repo_root()
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "embtune_utils"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip()[:12] + ("+changes" if dirty.stdout.strip() else "")
+
+
+def _client_class() -> type:
+    """An nbclient NotebookClient that also runs the memory probe in the notebook's kernel after its cells."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.util import ensure_async, run_sync
+
+    class ProbingClient(NotebookClient):
+        probe: dict[str, float] = {}
+
+        async def async_execute(self, reset_kc: bool = False, **kwargs: object) -> object:
+            self.reset_execution_trackers()
+            async with self.async_setup_kernel(**kwargs):
+                info = await self.async_wait_for_reply(await ensure_async(self.kc.kernel_info()))
+                if info is not None and "language_info" in info["content"]:
+                    self.nb.metadata["language_info"] = info["content"]["language_info"]
+                if PROFILE:
+                    await self._hidden(_PROFILE_SETUP)
+                if config.detect_device() == "cuda":
+                    await self._hidden(_PROBE_SETUP)
+                self.code_cells_executed = 0  # the notebook's own cells keep their execution counts
+                for index, cell in enumerate(self.nb.cells):
+                    await self.async_execute_cell(cell, index, execution_count=self.code_cells_executed + 1)
+                text = await self._hidden(_PROBE)
+                if "EMBTUNE_PROBE" in text:
+                    self.probe = json.loads(text.split("EMBTUNE_PROBE", 1)[1].splitlines()[0])
+            return self.nb
+
+        async def _hidden(self, source: str) -> str:
+            """Run a cell that is not the notebook's (appended, executed, removed again); its stdout."""
+            cell = nbformat.v4.new_code_cell(source)
+            self.nb.cells.append(cell)
+            try:
+                await self.async_execute_cell(cell, len(self.nb.cells) - 1, execution_count=0)
+            finally:
+                self.nb.cells.remove(cell)
+            return "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout")
+
+        execute = run_sync(async_execute)
+
+    return ProbingClient
+
+
+def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, float, str]:
+    """Execute one notebook in place (outputs written back) in `mode`; returns (ok, seconds, error line).
+
+    The notebook's metadata records the run: mode, wall time, peak memory of its kernel, machine, the commit, and a
+    hash of every code cell (tests/test_notebook_outputs.py fails when code changed after its outputs were made)."""
+    import nbformat
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
     os.environ["EMBTUNE_MODE"] = mode  # the kernel inherits it
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": path.parent}})
+    os.environ.update(QUIET_ENV)
+    client = _client_class()(
+        nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": path.parent}}
+    )
     start = time.perf_counter()
     error = ""
     with gpu_memory_peak() as peak:
@@ -45,7 +243,11 @@ def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, fl
         except CellExecutionError as err:
             error = str(err).strip().splitlines()[-1][:200]
     seconds = time.perf_counter() - start
+    rss = client.probe.get("peak_rss_mb")
+    if not error and mode == "fast" and rss and rss > FAST_RSS_LIMIT_MB:
+        error = f"peak RSS {rss:,.0f} MB is over fast mode's {FAST_RSS_LIMIT_MB:,} MB (a Binder pod)"
     info = config.describe()
+    nb.metadata.pop("widgets", None)  # widget state is never shown without a live kernel
     nb.metadata["embtune"] = {
         "mode": mode,
         "wall_s": round(seconds, 1),
@@ -55,6 +257,17 @@ def run_notebook(path: Path, mode: str, timeout_s: int = 3600) -> tuple[bool, fl
         "cpu_count": info["cpu_count"],
         "torch": info["torch"],
         "sentence-transformers": info["sentence-transformers"],
+        "precision": info["precision"],
+        **{k: info[k] for k in ("gpu_memory_cap", "precision_set_by") if k in info},
+        "commit": git_commit(),
+        "code_sha256": cell_hashes(nb),
+        **({"peak_rss_mb": rss} if rss else {}),
+        **({"profile": _with_other(client.probe["profile"], seconds)} if "profile" in client.probe else {}),
+        **(
+            {"cuda_peak_allocated_mb": client.probe["cuda_peak_allocated_mb"]}
+            if "cuda_peak_allocated_mb" in client.probe
+            else {}
+        ),
         **({"gpu": info["gpu"], "gpu_peak_mb": peak["mb"]} if "gpu" in info else {}),
     }
     nbformat.write(nb, path)
@@ -112,6 +325,8 @@ def time_notebooks(paths: list[Path], mode: str) -> Path:
     results/timings/<mode>.json: how fast mode is timed for the workshop guide without touching committed outputs."""
     import tempfile
 
+    import nbformat
+
     info = config.describe()
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +334,9 @@ def time_notebooks(paths: list[Path], mode: str) -> Path:
             copy = Path(shutil.copy(path, Path(tmp) / path.name))
             ok, seconds, error = run_notebook(copy, mode)
             print(status_line(path, ok, seconds, mode, error), flush=True)
-            timings[path.name] = {"wall_s": round(seconds, 1), "ok": ok}
+            meta = nbformat.read(copy, as_version=4).metadata["embtune"]
+            memory = {k: meta[k] for k in ("peak_rss_mb", "cuda_peak_allocated_mb") if k in meta}
+            timings[path.name] = {"wall_s": round(seconds, 1), "ok": ok, **memory, "commit": meta["commit"]}
     record = {"mode": mode, "date": date.today().isoformat(), "device": info["device"], "cpu_count": info["cpu_count"]}
     record["notebooks"] = timings
     path = config.repo_root() / "results" / "timings" / f"{mode}.json"
@@ -144,41 +361,118 @@ def badges(name: str) -> str:
     )
 
 
+def _mb(value: float | None) -> str:
+    """Megabytes as the tables print them (GB from 1,024 MB up), or a dash when not measured."""
+    if not value:
+        return "–"
+    return f"{value / 1024:.1f} GB" if value >= 1024 else f"{value:,.0f} MB"
+
+
 def times_table(paths: list[Path]) -> str:
-    """A Markdown table of each notebook's last recorded run (mode, wall time, hardware, date)."""
+    """A Markdown table of each notebook's recorded runs: default mode (its committed outputs) and fast mode
+    (`course time`), with wall time and the kernel's peak resident memory, hardware and date."""
     import nbformat
 
-    rows = ["| notebook | wall time | mode | hardware | date | open |", "|---|---|---|---|---|---|"]
+    fast = _fast_timings()
+    rows = [
+        "| notebook | default: time | default: peak RAM | fast: time | fast: peak RAM | hardware, date | open |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path in paths:
         meta = nbformat.read(path, as_version=4).metadata.get("embtune")
         links = badges(path.name)
+        f = fast.get("notebooks", {}).get(path.name)
+        fast_cells = f"{f['wall_s'] / 60:.1f} min | {_mb(f.get('peak_rss_mb'))}" if f else "not run yet | –"
         if not meta:
-            rows.append(f"| `{path.name}` | not run yet | | | | {links} |")
+            rows.append(f"| `{path.name}` | not run yet | – | {fast_cells} | | {links} |")
             continue
-        hardware = f"{meta['device']}, {meta['cpu_count']} cores"
-        wall = f"{meta['wall_s'] / 60:.1f} min"
-        rows.append(f"| `{path.name}` | {wall} | {meta['mode']} | {hardware} | {meta['date']} | {links} |")
+        where = f"{meta['device']}, {meta['cpu_count']} cores, {meta['date']}"
+        if f:
+            where += f" (fast: {fast['date']})"
+        wall = f"{meta['wall_s'] / 60:.1f} min" + ("" if meta["mode"] == "default" else f" ({meta['mode']} mode)")
+        rows.append(f"| `{path.name}` | {wall} | {_mb(meta.get('peak_rss_mb'))} | {fast_cells} | {where} | {links} |")
     return "\n".join(rows)
 
 
-def gpu_times_table(paths: list[Path]) -> str:
-    """A Markdown table of notebooks run on a GPU (e.g. results/gpu/full_course/): wall time and peak GPU memory."""
+def _fast_timings() -> dict:
+    """results/timings/fast.json (written by `course time --mode fast`), or {} when fast mode was not timed."""
+    path = config.repo_root() / "results" / "timings" / "fast.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def headline(stem: str, mode: str = "default") -> str | None:
+    """The headline sentence a notebook saved with its results (results/<mode>/<NN>_*.json), if any."""
+    for path in sorted((config.repo_root() / "results" / mode).glob(f"{stem[:2]}_*.json")):
+        text = json.loads(path.read_text())["results"].get("headline")
+        if text:
+            return text
+    return None
+
+
+PAYOFF = ("<!-- payoff:start -->", "<!-- payoff:end -->")
+
+
+def payoff_text(path: Path) -> str:
+    """The measured line of a notebook's opening cell: minutes per mode (default CPU, fast, GPU full) and its
+    headline number, all read from recorded runs."""
     import nbformat
 
-    rows = ["| notebook | wall time | mode | GPU | peak GPU memory | date |", "|---|---|---|---|---|---|"]
+    meta = nbformat.read(path, as_version=4).metadata.get("embtune") or {}
+    parts = []
+    if meta.get("mode") == "default":
+        parts.append(f"default mode {meta['wall_s'] / 60:.1f} min on {meta['cpu_count']} CPU cores ({meta['date']})")
+    fast = _fast_timings().get("notebooks", {}).get(path.name)
+    if fast:
+        parts.append(f"fast mode {fast['wall_s'] / 60:.1f} min")
+    gpu = config.repo_root() / GPU_NOTEBOOKS / path.name
+    gpu_meta = nbformat.read(gpu, as_version=4).metadata.get("embtune", {}) if gpu.is_file() else {}
+    if gpu_meta.get("gpu"):
+        parts.append(f"full mode {gpu_meta['wall_s'] / 60:.1f} min on one {gpu_meta['gpu']} ({gpu_meta['date']})")
+    text = "**Measured:** " + ("; ".join(parts) if parts else "not run yet") + "."
+    if line := headline(path.stem):
+        text += f" **Headline (default mode):** {line}"
+    return text
+
+
+def update_payoffs(paths: list[Path]) -> None:
+    """Fill each notebook's payoff markers (in its first cells' Markdown) with payoff_text; outputs are untouched."""
+    import nbformat
+
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        cell = next((c for c in nb.cells if c.cell_type == "markdown" and PAYOFF[0] in c.source), None)
+        if cell is None:
+            continue
+        new = _replace_between(cell.source, PAYOFF, payoff_text(path))
+        if new != cell.source:
+            cell.source = new
+            nbformat.write(nb, path)
+
+
+def gpu_times_table(paths: list[Path]) -> str:
+    """A Markdown table of notebooks run on a GPU (e.g. results/gpu/full_course/): wall time, torch's peak allocated
+    memory in the kernel, the whole card's peak (nvidia-smi), precision and any memory cap."""
+    import nbformat
+
+    rows = [
+        "| notebook | wall time | mode | GPU | precision, cap | torch peak allocated | card peak (nvidia-smi) | date |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     total = 0.0
     for path in paths:
         meta = nbformat.read(path, as_version=4).metadata.get("embtune") or {}
         if "gpu" not in meta:
             continue
         total += meta["wall_s"]
-        peak = f"{meta['gpu_peak_mb'] / 1024:.1f} GiB" if meta.get("gpu_peak_mb") else "not read"
+        card = f"{meta['gpu_peak_mb'] / 1024:.1f} GiB" if meta.get("gpu_peak_mb") else "not read"
         status = "" if meta["ok"] else " (failed)"
+        setting = meta.get("precision", "?") + (f", {meta['gpu_memory_cap']}" if meta.get("gpu_memory_cap") else "")
         rows.append(
             f"| `{path.name}` | {meta['wall_s'] / 60:.1f} min{status} | {meta['mode']} | {meta['gpu']}, "
-            f"{meta['cpu_count']} cores | {peak} | {meta['date']} |"
+            f"{meta['cpu_count']} cores | {setting} | {_mb(meta.get('cuda_peak_allocated_mb'))} | {card} "
+            f"| {meta['date']} |"
         )
-    rows.append(f"| all | {total / 60:.1f} min | | | | |")
+    rows.append(f"| all | {total / 60:.1f} min | | | | | | |")
     return "\n".join(rows) if len(rows) > 3 else "Not measured yet: no notebook there was run on a GPU."
 
 
@@ -293,11 +587,9 @@ def _timings() -> dict[str, dict[str, float]]:
         meta = nbformat.read(path, as_version=4).metadata.get("embtune") or {}
         if meta.get("mode") == "default" and meta.get("ok"):
             out["default"][path.stem] = meta["wall_s"]
-    fast = config.repo_root() / "results" / "timings" / "fast.json"
-    if fast.is_file():
-        for name, t in json.loads(fast.read_text())["notebooks"].items():
-            if t["ok"]:
-                out["fast"][Path(name).stem] = t["wall_s"]
+    for name, t in _fast_timings().get("notebooks", {}).items():
+        if t["ok"]:
+            out["fast"][Path(name).stem] = t["wall_s"]
     return out
 
 
@@ -341,6 +633,18 @@ def agenda_tables(timings: dict[str, dict[str, float]]) -> str:
     return "\n\n".join(parts)
 
 
+README_HEADLINES = ("<!-- headlines:start -->", "<!-- headlines:end -->")
+
+
+def headlines_list(mode: str = "default") -> str:
+    """One line per notebook: the headline sentence it computed and saved with its results in `mode`."""
+    lines = []
+    for path in all_notebooks():
+        text = headline(path.stem, mode)
+        lines.append(f"- **{path.stem}**: " + (text or f"not measured yet in {mode} mode."))
+    return "\n".join(lines)
+
+
 def all_notebooks() -> list[Path]:
     """Every course notebook, in order."""
     return sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -350,11 +654,13 @@ def update_readme(paths: list[Path] | None = None) -> None:
     """Rewrite the README's tables from the notebooks' metadata and results/: CPU default-mode timings, results and
     deployment, and the GPU full-mode run (notebooks under results/gpu/full_course/, results under results/full/)."""
     root = config.repo_root()
+    update_payoffs(all_notebooks())
     readme = root / "README.md"
     text = _replace_between(readme.read_text(), README_TIMES, times_table(paths or all_notebooks()))
     text = _replace_between(text, README_RESULTS, results_table())
     text = _replace_between(text, README_DEPLOY, deployment_table())
     text = _replace_between(text, README_BEYOND, beyond_table())
+    text = _replace_between(text, README_HEADLINES, headlines_list())
     gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
     text = _replace_between(text, README_GPU_TIMES, gpu_times_table(gpu_notebooks))
     text = _replace_between(text, README_GPU_RESULTS, results_table("full"))

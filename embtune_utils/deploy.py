@@ -48,7 +48,7 @@ def int8_ranges(calibration: np.ndarray) -> np.ndarray:
 
 def to_int8(emb: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     """int8 codes with sentence-transformers' `quantize_embeddings`, clipped to the calibrated range first."""
-    from sentence_transformers.quantization import quantize_embeddings
+    from sentence_transformers import quantize_embeddings
 
     # Without the clip, a query coordinate above the corpus maximum would wrap around from +127 to -128.
     clipped = np.clip(emb, ranges[0], ranges[1])
@@ -63,7 +63,7 @@ def from_int8(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
 
 def to_binary(emb: np.ndarray) -> np.ndarray:
     """One bit per dimension (positive or not), packed 8 to a byte: `quantize_embeddings(..., "ubinary")`."""
-    from sentence_transformers.quantization import quantize_embeddings
+    from sentence_transformers import quantize_embeddings
 
     if emb.shape[1] % 8:
         raise DeployError(f"binary quantization needs a dimension divisible by 8, got {emb.shape[1]}.")
@@ -145,36 +145,40 @@ class Index:
         return np.take_along_axis(rescored, order, 1), np.take_along_axis(idx, order, 1)
 
 
-def build_index(doc_emb: np.ndarray, kind: str = "flat", rescore: bool = False, **params: int) -> Index:
-    """A FAISS index over unit-length float document embeddings; `params` set nlist/nprobe, m/ef_search, m_pq."""
-    import faiss
-
+def factory_string(kind: str, n: int, dim: int, **params: int) -> str:
+    """The `faiss.index_factory` string of an index kind for `n` vectors of `dim` dims (binary kinds: for
+    `faiss.index_binary_factory`); `params` set nlist, m (HNSW links), m_pq and nbits (product quantizer)."""
     if kind not in KINDS:
         raise DeployError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}.")
+    nlist = params.get("nlist") or default_nlist(n)
+    m = params.get("m", 32)
+    return {
+        "flat": "Flat",
+        "ivf": f"IVF{nlist},Flat",
+        "hnsw": f"HNSW{m},Flat",
+        "ivfpq": f"IVF{nlist},PQ{params.get('m_pq') or dim // 8}x{params.get('nbits') or pq_bits(n)}",
+        "int8": "SQ8_direct_signed",
+        "binary": "BFlat",
+        "binary_hnsw": f"BHNSW{m}",
+    }[kind]
+
+
+def build_index(doc_emb: np.ndarray, kind: str = "flat", rescore: bool = False, **params: int) -> Index:
+    """A FAISS index (from `factory_string`) over unit-length float document embeddings; `params` set nlist/nprobe,
+    m/ef_search, m_pq/nbits."""
+    import faiss
+
     n, dim = doc_emb.shape
-    ip = faiss.METRIC_INNER_PRODUCT
+    spec = factory_string(kind, n, dim, **params)
     ranges = int8_ranges(doc_emb) if (kind == "int8" or rescore) else None
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind in ("ivf", "ivfpq"):
-        nlist = params.get("nlist") or default_nlist(n)
-        coarse = faiss.IndexFlatIP(dim)
-        if kind == "ivf":
-            index = faiss.IndexIVFFlat(coarse, dim, nlist, ip)
-        else:
-            nbits = params.get("nbits") or pq_bits(n)
-            index = faiss.IndexIVFPQ(coarse, dim, nlist, params.get("m_pq") or dim // 8, nbits, ip)
+    if kind.startswith("binary"):
+        index = faiss.index_binary_factory(dim, spec)
+    else:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    if kind in ("ivf", "ivfpq"):
         index.train(doc_emb)
         index.nprobe = params.get("nprobe", 8)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params.get("m", 32), ip)
-        index.hnsw.efSearch = params.get("ef_search", 64)
-    elif kind == "int8":
-        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed, ip)
-    elif kind == "binary":
-        index = faiss.IndexBinaryFlat(dim)
-    else:  # binary_hnsw
-        index = faiss.IndexBinaryHNSW(dim, params.get("m", 32))
+    elif kind in ("hnsw", "binary_hnsw"):
         index.hnsw.efSearch = params.get("ef_search", 64)
     label = kind + "".join(f" {k}={v}" for k, v in params.items())
     built = Index(label, index, kind, dim, ranges=ranges)
@@ -239,21 +243,30 @@ def measure(
     rescore: bool = False,
     **params: int,
 ) -> dict[str, Any]:
-    """One row of the deployment table: build the index for a configuration, then its quality, bytes and speed."""
+    """One row of the deployment table: build the index for a configuration, then its quality (NDCG@10: mean, 95%
+    bootstrap CI and the per-query values), bytes and speed."""
     dim = dim or doc_emb.shape[1]
     index = build_index(truncate(doc_emb, dim), kind, rescore, **params)
     query_ids = list(qrels)
     run = search_run(index, doc_ids, query_ids, query_emb)
     ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
+    _, lo, hi = evaluate.bootstrap_ci(ndcg)
     return {
         "config": f"{model_name} {dim}d {index.label}",
         "model": model_name,
         "spec": {"dim": dim, "kind": kind, "rescore": rescore, "params": params},
         "ndcg@10": float(ndcg.mean()),
+        "ndcg@10_ci": [lo, hi],
+        "per_query": ndcg,  # NDCG@10 of each query of `qrels`, in order: for paired tests (saved_rows drops it)
         "index_bytes": index.nbytes(),
         "rescore_bytes": index.rescore_nbytes(),
         **search_speed(index, query_emb),
     }
+
+
+def saved_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows without their per-query values, to save to results/ (a few numbers per row, not one per query)."""
+    return [{k: v for k, v in row.items() if k != "per_query"} for row in rows]
 
 
 def finish_table(rows: list[dict[str, Any]], reference: str, encode_per_s: dict[str, float]) -> list[dict[str, Any]]:

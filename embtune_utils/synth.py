@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -209,6 +210,19 @@ def with_retries(call: Callable[[], Any], max_tries: int = 6, base_s: float = 1.
             _sleep(wait * (0.5 + random.random()))  # jitter: concurrent workers do not retry in step
 
 
+def chat_request(
+    passage: str, model: str = config.OPENAI_MODEL, temperature: float = 0.7, max_tokens: int = 256
+) -> dict[str, Any]:
+    """The keyword arguments of `client.chat.completions.create` for one chunk (JSON mode); also a Batch line's body."""
+    return {
+        "model": model,
+        "messages": messages_for(passage),
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "response_format": {"type": "json_object"},
+    }
+
+
 def chat_backend(
     client: Any, model: str, concurrency: int = 4, temperature: float = 0.7, max_tokens: int = 256
 ) -> Backend:
@@ -216,13 +230,7 @@ def chat_backend(
 
     def one(chunk_id: str, passage: str) -> tuple[str, list[str], str]:
         def call() -> Any:
-            return client.chat.completions.create(
-                model=model,
-                messages=messages_for(passage),
-                temperature=temperature,
-                max_tokens=max_tokens,
-                response_format={"type": "json_object"},
-            )
+            return client.chat.completions.create(**chat_request(passage, model, temperature, max_tokens))
 
         raw = with_retries(call).choices[0].message.content or ""
         return chunk_id, parse_queries(raw), raw
@@ -286,13 +294,7 @@ def estimate_cost(
 
 def batch_request(chunk_id: str, passage: str, model: str, temperature: float, max_tokens: int) -> dict[str, Any]:
     """One line of a Batch API input file: a chat completion for one chunk, `custom_id` = chunk id."""
-    body = {
-        "model": model,
-        "messages": messages_for(passage),
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "response_format": {"type": "json_object"},
-    }
+    body = chat_request(passage, model, temperature, max_tokens)
     return {"custom_id": chunk_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 
@@ -477,6 +479,27 @@ def local_model_file() -> Path:
     return files[0]
 
 
+@contextlib.contextmanager
+def _no_gguf_progress_bar() -> Iterator[None]:
+    """transformers' GGUF loader shows a tqdm bar that no argument turns off (TQDM_DISABLE only at import): mute it."""
+    from functools import partial
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def load_local_generator() -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct (tokenizer, model) de-quantized from GGUF by transformers, on the CPU or GPU."""
     import torch
@@ -486,7 +509,8 @@ def load_local_generator() -> tuple[Any, Any]:
     path = local_model_file()
     hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with _no_gguf_progress_bar():
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tokenizer.eos_token = tokenizer.pad_token = "<|im_end|>"  # the GGUF header names <|im_start|> as eos
     tokenizer.padding_side = "left"
     return tokenizer, model.to(config.detect_device()).eval()
@@ -605,6 +629,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def filter_settings() -> dict[str, Any]:
+    """The thresholds apply_filters uses (each filter's default), for the notebook to print beside its prose."""
+    import inspect
+
+    def default(fn: Callable[..., Any], name: str) -> Any:
+        return inspect.signature(fn).parameters[name].default
+
+    return {
+        "length: min words": default(filter_length, "min_words"),
+        "length: max words": default(filter_length, "max_words"),
+        "duplicates: cosine >=": default(filter_duplicates, "threshold"),
+        "copies: word 4-gram share >": default(filter_copies, "max_ratio"),
+        "leakage: cosine >=": default(filter_leakage, "threshold"),
+        "round trip: BM25 top k": default(apply_filters, "round_trip_k"),
+    }
 
 
 def apply_filters(

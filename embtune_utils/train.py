@@ -130,6 +130,13 @@ def loader_flags(device: str | None = None) -> dict[str, Any]:
     return flags
 
 
+def plumbing_args(seed: int = config.SEED, progress: bool = False) -> dict[str, Any]:
+    """The Trainer flags that are plumbing, not recipe: seeds, a log line per step and no external logger, no progress
+    bar, the precision this hardware supports and data-loader flags. Notebook 05 passes them on with **."""
+    flags: dict[str, Any] = {"seed": seed, "data_seed": seed, "logging_steps": 1, "report_to": "none"}
+    return flags | {"disable_tqdm": not progress, **precision_flags(), **loader_flags()}
+
+
 def training_args(output_dir: Path, batch_size: int = 32, learning_rate: float = 2e-5, **overrides: Any) -> Any:
     """SentenceTransformerTrainingArguments with the course's defaults: no duplicate texts in a batch, warmup, seed."""
     from sentence_transformers.sentence_transformer.training_args import (
@@ -147,14 +154,8 @@ def training_args(output_dir: Path, batch_size: int = 32, learning_rate: float =
         "warmup_ratio": 0.1,
         "lr_scheduler_type": "linear",
         "batch_sampler": BatchSamplers.NO_DUPLICATES,
-        "seed": config.SEED,
-        "data_seed": config.SEED,
-        "logging_steps": 1,
         "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        **precision_flags(),
-        **loader_flags(),
+        **plumbing_args(),
     }
     values.update(overrides)
     if values.get("dataloader_num_workers"):  # forked workers tokenize; the Rust pool would warn and stop in each
@@ -249,6 +250,7 @@ def ir_evaluator(
         main_score_function="cosine",
         batch_size=batch_size or config.settings().encode_batch_size,
         show_progress_bar=False,
+        write_predictions=True,  # per-question rankings (when the Trainer gives it a folder): CIs for dev scores
     )
 
 
@@ -316,25 +318,82 @@ def fit(
     quiet(trainer)
     timer = step_timer()
     trainer.add_callback(timer)
+    dev_log = per_query_log(evaluator)
+    trainer.add_callback(dev_log)
     checkpoint = last_checkpoint(Path(args.output_dir)) if resume else None
     with track_resources() as usage:
         _train(trainer, resume_from_checkpoint=checkpoint)
-    history = trainer.state.log_history
+    return summarize(trainer, usage, checkpoint, timer) | {"dev_per_query": dev_log.scores}
+
+
+def summarize(trainer: Any, usage: Usage, resumed_from: str | None = None, timer: Any = None) -> dict[str, Any]:
+    """What a finished Trainer run reports: steps, logged losses, dev scores by step, the best checkpoint, time and
+    memory (and the speed of the steps without an evaluation, when a step_timer() was attached)."""
+    args, history = trainer.args, trainer.state.log_history
     key = args.metric_for_best_model
+    global_batch = args.per_device_train_batch_size * args.world_size
     return {
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
-        "resumed_from": checkpoint,
+        "resumed_from": resumed_from,
         "losses": [(e["step"], e["loss"]) for e in history if "loss" in e],
-        "dev": [(e["step"], e[key]) for e in history if key in e],
+        "dev": [(e["step"], e[key]) for e in history if key and key in e],
         "best": trainer.state.best_metric,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "seconds": usage.seconds,
         "peak_mb": usage.peak_mb,
         "memory": usage.memory,
         "world_size": args.world_size,
-        "pairs_per_s": timer.pairs_per_s(args.per_device_train_batch_size * args.world_size),
+        "pairs_per_s": timer.pairs_per_s(global_batch) if timer else None,
     }
+
+
+def ranking_scores(predictions: Path, qrels: dict[str, dict[str, int]], k: int = 10) -> dict[str, float]:
+    """Per-question NDCG@k from an InformationRetrievalEvaluator predictions file (write_predictions=True)."""
+    scores = {}
+    for line in Path(predictions).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        ranked = [r["corpus_id"] for r in row["results"]]
+        scores[row["query_id"]] = evaluate.ndcg_at_k(ranked, qrels[row["query_id"]], k)
+    return scores
+
+
+def per_query_log(evaluator: Any) -> Any:
+    """A callback that keeps, at every evaluation, the evaluator's per-question NDCG@10 ({step: {question: score}}),
+    read from the rankings it writes (write_predictions=True): confidence intervals and paired tests for every
+    dev score the Trainer logs, at no extra encoding."""
+    from transformers import TrainerCallback
+
+    if not getattr(evaluator, "write_predictions", False):
+        raise TrainError("per_query_log needs an evaluator built with write_predictions=True.")
+    qrels = {qid: dict.fromkeys(rels, 1) for qid, rels in evaluator.relevant_docs.items()}
+    score_name = evaluator.main_score_function.value if evaluator.main_score_function else "cosine"
+    file_name = evaluator.predictions_file.replace(".jsonl", f"_{score_name}.jsonl")
+
+    class PerQueryLog(TrainerCallback):
+        def __init__(self) -> None:
+            self.scores: dict[int, dict[str, float]] = {}
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            path = Path(args.output_dir) / "eval" / file_name
+            if path.exists():
+                self.scores[state.global_step] = ranking_scores(path, qrels, max(evaluator.ndcg_at_k))
+
+    return PerQueryLog()
+
+
+def stop_at(step: int) -> Any:
+    """A callback that ends training after `step` steps, leaving the schedule (warmup, decay) that of the full run:
+    a comparison run is then exactly the first `step` steps of the run it is compared with."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step >= step:
+                control.should_training_stop = True
+            return control
+
+    return StopAt()
 
 
 def step_timer() -> Any:
@@ -523,6 +582,67 @@ def restart_if_changed(output_dir: Path, run_config: dict[str, Any]) -> bool:
     return changed
 
 
+def resume_point(args: Any, rows: list[dict[str, Any]], loss_name: str, base_model: str = config.BASE_MODEL) -> Any:
+    """The checkpoint to resume from (None: a fresh run): args.output_dir's newest one if it was made by this same
+    run (rows, loss, base model and the RUN_KEYS arguments), after deleting the folder's checkpoints otherwise."""
+    import hashlib
+
+    rows_key = hashlib.sha256(json.dumps([(r["query"], r["chunk_id"], r.get("negatives")) for r in rows]).encode())
+    run_config = {"rows": rows_key.hexdigest()[:16], "loss": loss_name, "base_model": base_model}
+    run_config |= {k: getattr(args, k) for k in RUN_KEYS}
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process manages the folder
+        restart_if_changed(Path(args.output_dir), run_config)
+        checkpoint = last_checkpoint(Path(args.output_dir))
+        if checkpoint and _finished(Path(checkpoint)):  # resuming is for interrupted runs: a finished one starts over
+            import shutil
+
+            shutil.rmtree(args.output_dir)
+            restart_if_changed(Path(args.output_dir), run_config)
+    return last_checkpoint(Path(args.output_dir))
+
+
+def _finished(checkpoint: Path) -> bool:
+    """Whether a checkpoint is the end of its run: the last step, or early stopping had stopped it."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    control = state.get("stateful_callbacks", {}).get("TrainerControl", {}).get("args", {})
+    return state.get("global_step", 0) >= state.get("max_steps", 1) or bool(control.get("should_training_stop"))
+
+
+def format_diff(diff: dict[str, float]) -> str:
+    """A paired difference as '+0.012 [-0.010, +0.034]' (mean and 95% CI)."""
+    return f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
+
+
+def paired_verdict(diff: dict[str, float]) -> str:
+    """The words for a paired difference (paired_test's mean, lo, hi): ahead or behind only when the CI excludes 0."""
+    if diff["lo"] > 0:
+        return "ahead beyond the noise"
+    if diff["hi"] < 0:
+        return "behind beyond the noise"
+    return "no difference this dev set can see (the CI spans 0)"
+
+
+def dev_scores_by_dim(
+    model: Any, beir: data.Beir, dims: tuple[int, ...], split: str = "dev", cache: bool = True
+) -> dict[int, dict[str, float]]:
+    """Per-question NDCG@10 on a split with the embeddings cut to each of `dims` (first d dimensions, re-normalised),
+    from one encoding of the split's chunks and questions: {dim: {question: score}}."""
+    import numpy as np
+
+    corpus, queries = data.split_corpus(beir, split), beir.split_queries(split)
+    doc_ids, query_ids = list(corpus), list(queries)
+    docs = evaluate.corpus_embeddings(model, corpus, cache=cache)
+    qs = evaluate.encode(model, [queries[q] for q in query_ids])
+    out = {}
+    for dim in dims:
+        d = docs[:, :dim] / np.linalg.norm(docs[:, :dim], axis=1, keepdims=True)
+        q = qs[:, :dim] / np.linalg.norm(qs[:, :dim], axis=1, keepdims=True)
+        run = evaluate.search_index(evaluate.flat_index(np.ascontiguousarray(d)), doc_ids, query_ids, q)
+        per_query = evaluate.per_query_metrics(run, beir.qrels[split], ("ndcg@10",))
+        out[dim] = {qid: m["ndcg@10"] for qid, m in per_query.items()}
+    return out
+
+
 def train_model(
     beir: data.Beir,
     output_dir: Path,
@@ -567,13 +687,7 @@ def train_model(
         data_seed=seed,
         disable_tqdm=not progress,
     )
-    import hashlib
-
-    rows_key = hashlib.sha256(json.dumps([(r["query"], r["chunk_id"], r.get("negatives")) for r in rows]).encode())
-    run_config = {"rows": rows_key.hexdigest()[:16], "loss": loss_name, "base_model": base_model}
-    run_config |= {k: getattr(args, k) for k in RUN_KEYS}
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process manages the folder
-        restart_if_changed(Path(output_dir), run_config)
+    resume_point(args, rows, loss_name, base_model)  # drops checkpoints of another configuration
     gather = args.world_size > 1 if gather is None else gather  # several GPUs: all batches serve as negatives
     loss = losses.make_loss(loss_name, model, gather=gather)
     before = probe_loss(model, dataset)
@@ -612,7 +726,8 @@ def course_model(beir: data.Beir) -> Any:
 
     path = finetuned_path()
     if not (path / "modules.json").exists():
-        print(f"No fine-tuned model at {path} yet: training one with notebook 05's recipe {FINAL}.")
+        where = config.display_path(path)
+        print(f"No fine-tuned model at {where} yet: training one with notebook 05's recipe {FINAL}.")
         model, result = train_model(beir, config.artifacts_dir() / "checkpoints" / "finetuned")
         save_model(model, path, model_record(result))
     return models.load_model(str(path), verbose=False)
@@ -658,11 +773,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         path = save_model(model, finetuned_path(), model_record(result))
-        summary = {k: v for k, v in result.items() if k not in ("losses", "dev")}
+        summary = {k: v for k, v in result.items() if k not in ("losses", "dev", "dev_per_query")}
         if args.score_test:  # sentence-transformers' own evaluator: no FAISS needed on a bare GPU machine
             scores = ir_evaluator(beir, "test", corpus=beir.corpus)(model)
             summary["test ndcg@10"] = scores["test_cosine_ndcg@10"]
-        print(json.dumps(summary | {"saved": str(path)}, default=str))
+        if summary.get("best_checkpoint"):
+            summary["best_checkpoint"] = config.display_path(summary["best_checkpoint"])
+        print(json.dumps(summary | {"saved": config.display_path(path)}, default=str))
     return 0
 
 

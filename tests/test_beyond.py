@@ -235,3 +235,72 @@ def test_summary_marks_significant_gains_and_losses_only():
         "even": pytest.approx(0.49),
         "odd": pytest.approx(0.51),
     }
+
+
+def test_margins_embed_each_text_once_and_match_the_dataset(model, tiny_beir, monkeypatch):
+    corpus = tiny_beir.corpus
+    ids = list(corpus)
+    rows = [{"query": "what binds the receptor?", "chunk_id": ids[0], "negatives": [ids[k]]} for k in (3, 4, 5)]
+    seen = []
+    encode = beyond.evaluate.encode
+    monkeypatch.setattr(beyond.evaluate, "encode", lambda m, texts, **kw: seen.extend(texts) or encode(m, texts, **kw))
+    values = beyond.margins(model, rows, corpus)
+    assert len(seen) == len(set(seen)) == 1 + 1 + 3  # one question, one positive, three negatives
+    assert values.shape == (3,)
+    ds = beyond.margin_dataset(rows, corpus, model)
+    assert ds["label"] == pytest.approx(values.tolist(), abs=1e-6)
+
+
+def test_run_batch_size_gives_four_steps_at_most_the_batch():
+    assert beyond.run_batch_size(48, 32) == 12
+    assert beyond.run_batch_size(1280, 128) == 128
+    assert beyond.run_batch_size(32, 16) == 8
+    with pytest.raises(beyond.BeyondError, match="too few"):
+        beyond.run_batch_size(4, 16)
+
+
+def test_plumbing_args_build_training_arguments(tmp_path):
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path), **beyond.plumbing_args())
+    assert args.disable_tqdm and args.save_strategy == "no" and args.report_to == []
+
+
+def test_sample_per_article_keeps_k_chunks_of_every_article(tiny_beir):
+    corpus = tiny_beir.corpus
+    docs = {c["metadata"]["doc_id"] for c in corpus.values()}
+    sample = beyond.sample_per_article(corpus, k=2)
+    per_doc = [sum(c["metadata"]["doc_id"] == d for c in sample.values()) for d in docs]
+    assert {c["metadata"]["doc_id"] for c in sample.values()} == docs and max(per_doc) <= 2
+    assert sample == beyond.sample_per_article(corpus, k=2) and list(sample) == [c for c in corpus if c in sample]
+
+
+def test_top1_scores_search_only_within(model, tiny_beir, home):
+    corpus = dict(list(tiny_beir.corpus.items())[:8])
+    ids = list(corpus)
+    queries = {"q": corpus[ids[0]]["text"][:200]}
+    everywhere = beyond.top1_scores(model, corpus, queries)
+    elsewhere = beyond.top1_scores(model, corpus, queries, within=set(ids[1:]))
+    assert everywhere[0] > elsewhere[0] and everywhere[0] > 0.5
+    with pytest.raises(beyond.BeyondError, match="within"):
+        beyond.top1_scores(model, corpus, queries, within={"nope"})
+
+
+def test_summary_compares_each_run_with_its_reference():
+    qids = [str(i) for i in range(40)]
+    runs = {
+        "baseline": {"dev": {q: 0.5 for q in qids}, "seconds": 10.0},
+        "control": {"dev": {q: 0.3 for q in qids}, "seconds": 10.0},
+        "curriculum": {"dev": {q: 0.4 for q in qids}, "seconds": 10.0, "reference": "control"},
+    }
+    rows = {r["technique"]: r for r in beyond.summarize(runs, "baseline")}
+    assert rows["curriculum"]["delta"] == pytest.approx(0.1) and rows["curriculum"]["verdict"] == "gain"
+    assert rows["control"]["verdict"] == "loss" and rows["control"]["reference"] == "baseline"
+    assert rows["baseline"]["dev_ci"] == pytest.approx((0.5, 0.5))
+    table = beyond.summary_table(list(rows.values()))
+    assert "| curriculum | 0.400 | +0.100 [+0.100, +0.100] vs control |" in table
+    assert "| control | 0.300 | -0.200 [-0.200, -0.200] |" in table
+    assert beyond.detectable(list(rows.values())) == pytest.approx(0.0)
+    runs["odd"] = {"dev": {"x": 1.0}, "seconds": 1.0}
+    with pytest.raises(beyond.BeyondError, match="different dev questions"):
+        beyond.summarize(runs, "baseline")

@@ -79,3 +79,31 @@ def test_configure_cuda_turns_off_cudnn_attention_on_gpus_only(monkeypatch):
     assert calls == []
     config.configure_cuda("cuda")
     assert calls == [False]
+
+
+def test_peak_rss_is_this_process_and_grows_with_an_allocation():
+    before = config.peak_rss_mb()
+    block = bytearray(64 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page so that it is resident
+    assert before is not None and config.peak_rss_mb() >= before + 60
+
+
+def test_display_path_hides_the_machines_folders(tmp_path):
+    import sysconfig
+    from pathlib import Path
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    assert config.display_path(site / "pkg" / "model") == "<packages>/pkg/model"
+    assert config.display_path(config.repo_root() / "artifacts" / "x") == "artifacts/x"
+    outside = tmp_path / "elsewhere" / "x.json"
+    assert config.display_path(outside).startswith("<tmp>/") and config.display_path(outside).endswith(
+        "elsewhere/x.json"
+    )
+
+
+def test_jax_never_preallocates_the_gpu_once_the_package_is_imported():
+    import os
+
+    import embtune_utils  # noqa: F401 - importing it sets the variable
+
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"

@@ -11,6 +11,12 @@ from nbformat.v4 import new_code_cell, new_notebook
 from embtune_utils import course
 
 
+@pytest.fixture(autouse=True)
+def no_profile(monkeypatch):
+    """The runner's profile imports sentence-transformers in each kernel (seconds); one test turns it back on."""
+    monkeypatch.setattr(course, "PROFILE", False)
+
+
 def make_notebook(path, source):
     nbformat.write(
         new_notebook(
@@ -25,7 +31,7 @@ def test_run_notebook_writes_outputs_and_timing(tmp_path):
     path = make_notebook(tmp_path / "01_ok.ipynb", "import os\nprint(os.environ['EMBTUNE_MODE'])")
     ok, seconds, error = course.run_notebook(path, "fast")
     nb = nbformat.read(path, as_version=4)
-    assert ok and not error and seconds > 0
+    assert ok and not error and seconds > 0, error
     assert nb.cells[0].outputs[0]["text"].strip() == "fast"
     assert nb.metadata["embtune"]["mode"] == "fast" and nb.metadata["embtune"]["ok"]
 
@@ -40,8 +46,51 @@ def test_failing_notebook_is_reported(tmp_path, capsys):
 def test_times_table_reads_notebook_metadata(tmp_path):
     path = make_notebook(tmp_path / "01_x.ipynb", "1")
     assert "not run yet" in course.times_table([path])
-    course.run_notebook(path, "fast")
-    assert re.search(r"\| `01_x.ipynb` \| \d+\.\d min \| fast \| cpu", course.times_table([path]))
+    course.run_notebook(path, "default")
+    row = course.times_table([path]).splitlines()[-1]
+    assert re.match(r"\| `01_x.ipynb` \| \d+\.\d min \| \d+ MB \| .* \| cpu, \d+ cores, \d{4}-", row), row
+
+
+def test_run_records_code_hashes_commit_and_the_kernels_peak_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(course, "PROFILE", True)
+    path = make_notebook(tmp_path / "01_mem.ipynb", "x = bytearray(200 * 2**20)\nprint(len(x))")
+    assert course.run_notebook(path, "default")[0]
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata["embtune"]
+    assert meta["code_sha256"] == course.cell_hashes(nb) and len(meta["code_sha256"]) == 1
+    assert meta["peak_rss_mb"] > 200  # the kernel's own peak, which held the 200 MB
+    assert meta["commit"] and len(nb.cells) == 1  # the probe cells are not left behind
+    assert set(meta["profile"]) == {*course.PROFILE_CATEGORIES, "other"}
+    assert sum(meta["profile"].values()) == pytest.approx(meta["wall_s"], abs=0.5)
+    assert nb.cells[0].execution_count == 1 and nb.cells[0].outputs[0]["text"] == "209715200\n"
+    nb.cells[0].source += "\n"
+    assert course.cell_hashes(nb) != meta["code_sha256"]
+
+
+def test_fast_mode_fails_a_notebook_over_the_binder_memory_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(course, "FAST_RSS_LIMIT_MB", 100)
+    path = make_notebook(tmp_path / "01_big.ipynb", "x = bytearray(200 * 2**20)")
+    ok, _, error = course.run_notebook(path, "fast")
+    assert not ok and "over fast mode's 100 MB" in error
+
+
+def test_payoff_markers_are_filled_from_recorded_runs(home, tmp_path):
+    from nbformat.v4 import new_markdown_cell
+
+    from embtune_utils import evaluate
+
+    path = home / "notebooks" / "03_x.ipynb"
+    path.parent.mkdir(exist_ok=True)
+    make_notebook(path, "1")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, new_markdown_cell(f"# 03\n\n1. plan\n\n{course.PAYOFF[0]}{course.PAYOFF[1]}\n\nmore"))
+    nbformat.write(nb, path)
+    course.run_notebook(path, "default")
+    evaluate.save_results("03_thing", {"headline": "BM25 negatives are 63% same-article"}, mode="default")
+    course.update_payoffs([path])
+    text = nbformat.read(path, as_version=4).cells[0].source
+    assert re.search(r"\*\*Measured:\*\* default mode \d+\.\d min on \d+ CPU cores", text)
+    assert "**Headline (default mode):** BM25 negatives are 63% same-article" in text and text.endswith("more")
 
 
 def test_readme_markers_are_required():

@@ -87,6 +87,40 @@ def test_pq_bits_follow_faiss_training_rule():
     assert deploy.default_nlist(3216) == 82 and deploy.default_nlist(100) == 4
 
 
+def test_factory_strings_build_the_kind_they_name():
+    import faiss
+
+    assert deploy.factory_string("ivf", 3216, 384) == "IVF82,Flat"
+    assert deploy.factory_string("ivfpq", 3216, 384) == "IVF82,PQ48x6"
+    assert deploy.factory_string("hnsw", 10, 8, m=16) == "HNSW16,Flat"
+    assert deploy.factory_string("binary_hnsw", 10, 8) == "BHNSW32"
+    expected = {"flat": "IndexFlat", "ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat", "ivfpq": "IndexIVFPQ"}
+    expected |= {"int8": "IndexScalarQuantizer", "binary": "IndexBinaryFlat", "binary_hnsw": "IndexBinaryHNSW"}
+    for kind, name in expected.items():
+        built = deploy.build_index(unit(1200, 64, seed=4), kind, ef_search=48, nprobe=3)
+        assert type(built.faiss_index).__name__ == name, kind
+        if "hnsw" in kind:
+            assert built.faiss_index.hnsw.efSearch == 48
+        if kind.startswith("ivf"):
+            assert built.faiss_index.nprobe == 3 and built.faiss_index.metric_type == faiss.METRIC_INNER_PRODUCT
+    with pytest.raises(deploy.DeployError, match="use one of flat"):
+        deploy.factory_string("annoy", 10, 8)
+
+
+def test_measure_gives_per_query_values_and_their_interval_and_saved_rows_drop_them():
+    docs = unit(300, 32, seed=5)
+    queries = docs[:40] + 0.05 * unit(40, 32, seed=6)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(40)}
+    doc_ids = [f"d{i}" for i in range(300)]
+    row = deploy.measure("m", docs, queries, doc_ids, qrels, kind="binary", rescore=True)
+    assert row["per_query"].shape == (40,) and row["ndcg@10"] == pytest.approx(row["per_query"].mean())
+    lo, hi = row["ndcg@10_ci"]
+    assert lo <= row["ndcg@10"] <= hi
+    saved = deploy.saved_rows([row])
+    assert "per_query" not in saved[0] and "per_query" in row and saved[0]["ndcg@10_ci"] == [lo, hi]
+    json.dumps(saved, default=float)  # a few plain numbers per row
+
+
 def rows() -> list[dict]:
     def row(name, ndcg, size, p95, model="m"):
         speed = {"p50_ms": p95 / 2, "p95_ms": p95, "queries_per_s": 1000 / p95}

@@ -58,6 +58,20 @@ def test_agrees_with_sentence_transformers_evaluator(model, tiny_beir):
     assert len(qrels) > 20
 
 
+def test_ir_evaluator_with_cached_corpus_embeddings_gives_the_same_scores(model, tiny_beir):
+    """Notebook 06 hands the evaluator the course's cached corpus embeddings instead of letting it encode again."""
+    import torch
+
+    queries = tiny_beir.split_queries("test")
+    corpus_text = {cid: doc["text"] for cid, doc in tiny_beir.corpus.items()}
+    relevant = {q: set(r) for q, r in tiny_beir.qrels["test"].items()}
+    evaluator = InformationRetrievalEvaluator(queries, corpus_text, relevant, name="t", show_progress_bar=False)
+    cached = torch.from_numpy(evaluate.corpus_embeddings(model, tiny_beir.corpus, cache=False))
+    fresh, reused = evaluator(model), evaluator(model, corpus_embeddings=cached)
+    assert fresh.keys() == reused.keys() and "t_cosine_ndcg@10" in fresh
+    assert all(reused[k] == pytest.approx(fresh[k], abs=1e-6) for k in fresh)
+
+
 def test_flat_index_search_is_exact_cosine():
     rng = np.random.default_rng(0)
     docs = rng.normal(size=(50, 8)).astype(np.float32)

