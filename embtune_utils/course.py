@@ -35,6 +35,11 @@ QUIET_ENV = {  # no progress bars or widgets in committed outputs: the kernel in
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
 }
+# Run first in every kernel (and removed again): progress bars off for good. TQDM_DISABLE reaches tqdm's console bars,
+# but tqdm.autonotebook picks Jupyter widgets, which force disable=False; in a run's saved outputs a widget is frozen
+# at 0%. This makes every later `from tqdm.autonotebook import tqdm` the console class, which honours TQDM_DISABLE.
+_QUIET_SETUP = """import tqdm.autonotebook as _tqdm_auto, tqdm.std as _tqdm_std
+_tqdm_auto.tqdm = _tqdm_std.tqdm"""
 # Run before the notebook's cells (and removed again): where the time goes, by what the library is doing. Each
 # category counts its own time only (an evaluation inside trainer.train() is evaluation, not training); encoding
 # inside an evaluation counts as evaluation. "other" is the rest of the wall time.
@@ -194,6 +199,7 @@ def _client_class() -> type:
                 info = await self.async_wait_for_reply(await ensure_async(self.kc.kernel_info()))
                 if info is not None and "language_info" in info["content"]:
                     self.nb.metadata["language_info"] = info["content"]["language_info"]
+                await self._hidden(_QUIET_SETUP)
                 if PROFILE:
                     await self._hidden(_PROFILE_SETUP)
                 if config.detect_device() == "cuda":
@@ -337,6 +343,7 @@ def time_notebooks(paths: list[Path], mode: str) -> Path:
             meta = nbformat.read(copy, as_version=4).metadata["embtune"]
             memory = {k: meta[k] for k in ("peak_rss_mb", "cuda_peak_allocated_mb") if k in meta}
             timings[path.name] = {"wall_s": round(seconds, 1), "ok": ok, **memory, "commit": meta["commit"]}
+            timings[path.name]["code_sha256"] = meta["code_sha256"]  # which code these times belong to
     record = {"mode": mode, "date": date.today().isoformat(), "device": info["device"], "cpu_count": info["cpu_count"]}
     record["notebooks"] = timings
     path = config.repo_root() / "results" / "timings" / f"{mode}.json"
@@ -395,9 +402,20 @@ def times_table(paths: list[Path]) -> str:
 
 
 def _fast_timings() -> dict:
-    """results/timings/fast.json (written by `course time --mode fast`), or {} when fast mode was not timed."""
+    """results/timings/fast.json (written by `course time --mode fast`), keeping only the notebooks whose timed code
+    is their current code (a time measured on older code is not shown); {} when fast mode was not timed."""
+    import nbformat
+
     path = config.repo_root() / "results" / "timings" / "fast.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    current = {}
+    for name, entry in record.get("notebooks", {}).items():
+        notebook = config.repo_root() / "notebooks" / name
+        if notebook.is_file() and entry.get("code_sha256") == cell_hashes(nbformat.read(notebook, as_version=4)):
+            current[name] = entry
+    return record | {"notebooks": current}
 
 
 def headline(stem: str, mode: str = "default") -> str | None:

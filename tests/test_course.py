@@ -18,6 +18,7 @@ def no_profile(monkeypatch):
 
 
 def make_notebook(path, source):
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(
         new_notebook(
             cells=[new_code_cell(source)], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}
@@ -180,3 +181,21 @@ def test_agendas_add_measured_run_minutes_to_the_plan(monkeypatch):
     assert "| 0:10 | notebook | `01_a` | default | 2 | 20 |" in table  # 61 s rounds up to 2 min
     assert "| 0:32 | again | `01_a` | fast | 1 | 5 |" in table
     assert "| 0:43 | end |" in table and "counted as 0 min: 02_b (fast)" in table
+
+
+def test_committed_outputs_get_no_progress_widgets_or_bars(tmp_path):
+    source = "from tqdm.autonotebook import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass\nprint('done')"
+    path = make_notebook(tmp_path / "01_bars.ipynb", source)
+    assert course.run_notebook(path, "fast")[0]
+    nb = nbformat.read(path, as_version=4)
+    assert [o.get("text") for o in nb.cells[0].outputs] == ["done\n"] and course.output_problems(nb) == []
+
+
+def test_fast_times_are_shown_only_for_the_code_they_timed(home):
+    path = make_notebook(home / "notebooks" / "01_x.ipynb", "print('timed')")
+    course.time_notebooks([path], "fast")
+    assert "01_x.ipynb" in course._fast_timings()["notebooks"]
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].source = "print('changed since')"
+    nbformat.write(nb, path)
+    assert course._fast_timings()["notebooks"] == {}  # an older time is not shown as this code's
