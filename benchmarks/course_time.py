@@ -11,7 +11,6 @@ Usage: `.venv/bin/python benchmarks/course_time.py [NOTEBOOK.ipynb ...]` (defaul
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -71,9 +70,8 @@ def main(argv: list[str]) -> int:
     lines = table(
         default, f"default mode, committed outputs ({config.describe()['cpu_count']} cores here; run {where})"
     )
-    fast_file = config.repo_root() / "results" / "timings" / "fast.json"
-    fast = json.loads(fast_file.read_text()) if fast_file.is_file() else {}
-    if fast:
+    fast = course._fast_timings()  # only notebooks timed on their current code
+    if fast.get("notebooks"):
         lines += [
             "",
             *table(fast["notebooks"], f"fast mode, `course time` on {fast['date']} ({fast['cpu_count']} cores)"),
