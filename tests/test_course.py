@@ -199,3 +199,10 @@ def test_fast_times_are_shown_only_for_the_code_they_timed(home):
     nb.cells[0].source = "print('changed since')"
     nbformat.write(nb, path)
     assert course._fast_timings()["notebooks"] == {}  # an older time is not shown as this code's
+
+
+def test_a_notebook_over_the_memory_limit_still_counts_as_timed(monkeypatch, home):
+    assert course._over_memory_only({"ok": False, "error": "peak RSS 3,844 MB is over fast mode's 2,048 MB"})
+    assert not course._over_memory_only({"ok": False, "error": "AssertionError: claim no longer true"})
+    assert course._over_memory_only({"ok": False, "peak_rss_mb": 3844.0})  # a record from before errors were kept
+    assert not course._over_memory_only({"ok": False, "peak_rss_mb": 900.0})
