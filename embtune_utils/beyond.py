@@ -432,11 +432,7 @@ def slice_means(scores: dict[str, float], slices: dict[str, str]) -> dict[str, f
 def verdict(test: dict[str, float]) -> str:
     """'gain' or 'loss' when the paired 95% CI lies wholly above or below 0, else 'no measurable difference' (the
     forest plot colours exactly these rows)."""
-    if test["lo"] > 0:
-        return "gain"
-    if test["hi"] < 0:
-        return "loss"
-    return "no measurable difference"
+    return {1: "gain", -1: "loss", 0: "no measurable difference"}[evaluate.ci_side(test["lo"], test["hi"])]
 
 
 def summarize(runs: dict[str, dict[str, Any]], baseline: str) -> list[dict[str, Any]]:

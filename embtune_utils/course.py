@@ -85,13 +85,9 @@ def _keep_peak_then_reset(*args, **kwargs):
     _torch.cuda._embtune_peak = max(_torch.cuda._embtune_peak, _torch.cuda.max_memory_allocated())
     return _reset(*args, **kwargs)
 _torch.cuda.reset_peak_memory_stats = _keep_peak_then_reset"""
-_PROBE = """import json as _json, re as _re, sys as _sys
-try:  # Linux: the peak of this process's own address space (ru_maxrss would include the runner's before exec)
-    _hwm = int(_re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
-except (OSError, TypeError):
-    import resource as _resource
-    _hwm = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / (2**20 if _sys.platform == "darwin" else 1024)
-_probe = {"peak_rss_mb": round(_hwm, 1)}
+_PROBE = """import json as _json, sys as _sys
+from embtune_utils.config import peak_rss_mb as _peak_rss_mb
+_probe = {"peak_rss_mb": round(_peak_rss_mb() or 0, 1)}
 if "_profile" in globals():
     _probe["profile"] = {k: round(v, 1) for k, v in _profile.items()}
 _t = _sys.modules.get("torch")
@@ -431,16 +427,16 @@ def headline(stem: str, mode: str = "default") -> str | None:
 PAYOFF = ("<!-- payoff:start -->", "<!-- payoff:end -->")
 
 
-def payoff_text(path: Path) -> str:
+def payoff_text(path: Path, fast: dict | None = None) -> str:
     """The measured line of a notebook's opening cell: minutes per mode (default CPU, fast, GPU full) and its
-    headline number, all read from recorded runs."""
+    headline number, all read from recorded runs (`fast`: _fast_timings(), read here when not given)."""
     import nbformat
 
     meta = nbformat.read(path, as_version=4).metadata.get("embtune") or {}
     parts = []
     if meta.get("mode") == "default":
         parts.append(f"default mode {meta['wall_s'] / 60:.1f} min on {meta['cpu_count']} CPU cores ({meta['date']})")
-    fast = _fast_timings().get("notebooks", {}).get(path.name)
+    fast = (fast if fast is not None else _fast_timings()).get("notebooks", {}).get(path.name)
     if fast:
         parts.append(f"fast mode {fast['wall_s'] / 60:.1f} min")
     gpu = config.repo_root() / GPU_NOTEBOOKS / path.name
@@ -457,12 +453,13 @@ def update_payoffs(paths: list[Path]) -> None:
     """Fill each notebook's payoff markers (in its first cells' Markdown) with payoff_text; outputs are untouched."""
     import nbformat
 
+    fast = _fast_timings()  # read once: it reads every notebook to check which timings are current
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         cell = next((c for c in nb.cells if c.cell_type == "markdown" and PAYOFF[0] in c.source), None)
         if cell is None:
             continue
-        new = _replace_between(cell.source, PAYOFF, payoff_text(path))
+        new = _replace_between(cell.source, PAYOFF, payoff_text(path, fast))
         if new != cell.source:
             cell.source = new
             nbformat.write(nb, path)

@@ -256,6 +256,12 @@ def tune_fusion_weight(
 # ---------------------------------------------------------------- comparing two systems on the same questions
 
 
+def ci_side(lo: float, hi: float) -> int:
+    """Which side of 0 a 95% CI lies on: +1 wholly above, -1 wholly below, 0 when it spans 0 (no measurable
+    difference). The one rule behind every verdict and forest-plot colour of the course."""
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
 def paired_test(
     a: list[float] | np.ndarray, b: list[float] | np.ndarray, n_resamples: int = 10000, seed: int = config.SEED
 ) -> dict[str, float]:

@@ -470,7 +470,7 @@ def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) 
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [""]
     for label, p in details["paired"].items():
-        verdict = "better" if p["lo"] > 0 else ("worse" if p["hi"] < 0 else "no difference beyond the noise")
+        verdict = {1: "better", -1: "worse", 0: "no difference beyond the noise"}[evaluate.ci_side(p["lo"], p["hi"])]
         lines.append(
             f"- {label}: {p['mean']:+.3f} NDCG@10 [{p['lo']:+.3f}, {p['hi']:+.3f}], p = {p['p']:.4f} ({verdict})"
         )

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from embtune_utils import evaluate
+
 BLUE, RED, GREY = "#4C72B0", "#C44E52", "#999999"
 
 
@@ -76,7 +78,7 @@ def forest(diffs: dict[str, tuple[float, float, float]], xlabel: str, title: str
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
     for y, label in enumerate(labels):
         mean, lo, hi = diffs[label]
-        color = GREY if lo <= 0 <= hi else (BLUE if lo > 0 else RED)
+        color = {1: BLUE, -1: RED, 0: GREY}[evaluate.ci_side(lo, hi)]
         ax.errorbar(mean, y, xerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=3)
         ax.annotate(
             f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]", (hi, y), xytext=(6, -3), textcoords="offset points", fontsize=7

@@ -615,11 +615,8 @@ def format_diff(diff: dict[str, float]) -> str:
 
 def paired_verdict(diff: dict[str, float]) -> str:
     """The words for a paired difference (paired_test's mean, lo, hi): ahead or behind only when the CI excludes 0."""
-    if diff["lo"] > 0:
-        return "ahead beyond the noise"
-    if diff["hi"] < 0:
-        return "behind beyond the noise"
-    return "no difference this dev set can see (the CI spans 0)"
+    words = {1: "ahead beyond the noise", -1: "behind beyond the noise"}
+    return words.get(evaluate.ci_side(diff["lo"], diff["hi"]), "no difference this dev set can see (the CI spans 0)")
 
 
 def dev_scores_by_dim(
@@ -627,7 +624,7 @@ def dev_scores_by_dim(
 ) -> dict[int, dict[str, float]]:
     """Per-question NDCG@10 on a split with the embeddings cut to each of `dims` (first d dimensions, re-normalised),
     from one encoding of the split's chunks and questions: {dim: {question: score}}."""
-    import numpy as np
+    from embtune_utils.deploy import truncate
 
     corpus, queries = data.split_corpus(beir, split), beir.split_queries(split)
     doc_ids, query_ids = list(corpus), list(queries)
@@ -635,9 +632,8 @@ def dev_scores_by_dim(
     qs = evaluate.encode(model, [queries[q] for q in query_ids])
     out = {}
     for dim in dims:
-        d = docs[:, :dim] / np.linalg.norm(docs[:, :dim], axis=1, keepdims=True)
-        q = qs[:, :dim] / np.linalg.norm(qs[:, :dim], axis=1, keepdims=True)
-        run = evaluate.search_index(evaluate.flat_index(np.ascontiguousarray(d)), doc_ids, query_ids, q)
+        index = evaluate.flat_index(truncate(docs, dim))
+        run = evaluate.search_index(index, doc_ids, query_ids, truncate(qs, dim))
         per_query = evaluate.per_query_metrics(run, beir.qrels[split], ("ndcg@10",))
         out[dim] = {qid: m["ndcg@10"] for qid, m in per_query.items()}
     return out

@@ -181,3 +181,12 @@ def test_failure_kinds():
     assert evaluate.failure_kind("incubation of MERS?", "a-1", relevant, corpus) == "right article, wrong chunk"
     assert evaluate.failure_kind("incubation of MERS-CoV?", "b-0", relevant, corpus) == "exact term missed"
     assert evaluate.failure_kind("how long is incubation?", "c-0", relevant, corpus) == "wrong article"
+
+
+def test_ci_side_says_which_side_of_zero_a_ci_lies_on():
+    assert [evaluate.ci_side(lo, hi) for lo, hi in ((0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1), (0.0, 0.1))] == [
+        1,
+        -1,
+        0,
+        0,
+    ]
