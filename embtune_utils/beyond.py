@@ -46,12 +46,12 @@ def model_size(model: Any) -> str:
 
 
 def plumbing_args() -> dict[str, Any]:
-    """Trainer arguments that are plumbing, not the recipe: precision and data loading for this hardware, no
+    """Trainer arguments that are plumbing, not the recipe: precision, data loading and memory for this hardware, no
     checkpoints, no progress bars or log reporting (notebook 08 passes them on with **)."""
     from embtune_utils import train
 
     quiet = {"save_strategy": "no", "report_to": "none", "disable_tqdm": True, "logging_strategy": "no"}
-    return {**train.precision_flags(), **train.loader_flags(), **quiet}
+    return {**train.precision_flags(), **train.loader_flags(), **train.memory_flags(), **quiet}
 
 
 def run_batch_size(rows_per_run: int, batch_size: int) -> int:

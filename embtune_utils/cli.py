@@ -18,7 +18,7 @@ def search(args: argparse.Namespace) -> int:
     """Load the artifact, search it, print the top chunks with their scores."""
     folder = Path(args.artifact) if args.artifact else deploy.artifact_dir()
     deployment = deploy.load_artifact(folder)
-    print(f"top {args.k} of {len(deployment.chunks)} chunks, score = {deployment.index.score_name()}")
+    print(f"top {args.k} of {len(deployment.chunks)} chunks, score = {deployment.score_name()}")
     for hit in deployment.search(args.query, k=args.k):
         text = textwrap.shorten(" ".join(hit["text"].split()), width=args.width, placeholder=" ...")
         print(f"{hit['rank']:>2}. {hit['score']:8.4f}  [{hit['id']}] {hit['title']}\n    {text}")
@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = pipeline.run(cfg)
     t = metrics["test"]
     print("done: test NDCG@10 " + ", ".join(f"{n} {t[n]['ndcg@10']:.3f}" for n in pipeline.RETRIEVERS))
+    dep = metrics["deployed"]
+    print(f"deployed (chosen on dev): {dep['retriever']}, {dep['config']}, test NDCG@10 {dep['ndcg@10']:.3f}")
     print(
         f"outputs in {args.out}: metrics.json, report.md, run.json, model/, index/; search: embtune search "
         f'"..." --artifact {args.out}'
@@ -65,8 +67,8 @@ def parser() -> argparse.ArgumentParser:
         "generator": "cache (default) replays queries.jsonl in --out and the course's shipped cache; local runs "
         "SmolLM2-135M offline (slow on a CPU); openai and openai-batch need OPENAI_API_KEY",
         "base_url": "the server's URL for --generator openai-compatible (vLLM, Ollama, ...)",
-        "epochs": "passes over the training pairs (default: the mode's)",
-        "batch_size": "pairs per batch (default: the mode's)",
+        "epochs": "passes over the training pairs (default: sized to the number of pairs, pipeline.training_budget)",
+        "batch_size": "pairs per batch (default: sized to the number of pairs, pipeline.training_budget)",
         "seed": f"seed for splits, sampling and training (default: {config.SEED})",
         "hard_negatives": "mined hard negatives per pair (default 0: in-batch negatives only, the course's recipe)",
     }

@@ -49,14 +49,14 @@ _SETTINGS = {
         max_test_queries=150,
         encode_batch_size=32,
         live_chunks=2,
-        train_batch_size=16,
+        train_batch_size=8,  # Binder's 2 GB: a training step at 16 pairs x 256 tokens peaks near 2 GB with the rest
         ablation_pairs=64,
-        memory_batch=16,
+        memory_batch=12,
         compare_pairs=32,
         beyond_pairs=32,
         max_train_pairs=96,
         epochs=1,
-        eval_steps=2,
+        eval_steps=4,
         max_generate_chunks=24,
     ),
     # default: the real CPU course, all articles and all test questions.
@@ -315,12 +315,17 @@ def cap_gpu_memory() -> dict[str, float]:
     return dict(_gpu_memory_cap)
 
 
+MAX_LOADER_WORKERS = 8  # 4 could not tokenize batches of 512 pairs as fast as an H200 trains on them (0.71x the
+# bare loop, the main process waiting 26-48 ms a step for them); 8 kept up (0.95x): benchmarks/train_throughput.py
+
+
 def loader_workers(device: str | None = None) -> int:
     """DataLoader worker processes for training: on a GPU they tokenize the next batches while the GPU trains on this
-    one (up to 4, one core left for the main process); on a CPU 0, since workers would take the model's cores."""
+    one (up to MAX_LOADER_WORKERS, one core left for the main process); on a CPU 0, since workers would take the
+    model's cores."""
     if (device or detect_device()) != "cuda":
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, min(MAX_LOADER_WORKERS, (os.cpu_count() or 1) - 1))
 
 
 def describe() -> dict[str, str]:

@@ -23,7 +23,10 @@ from embtune_utils import config, evaluate
 MATRYOSHKA_DIMS = (384, 256, 128, 64)  # the dimensions notebook 05's Matryoshka loss trained
 OVERSAMPLE = 4  # a quantized index hands k x this many candidates to rescoring
 KINDS = ("flat", "ivf", "hnsw", "ivfpq", "int8", "binary", "binary_hnsw")
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2  # 2: the artifact names its retriever (BM25, dense or a hybrid); 1 was dense only
+READABLE_FORMATS = (1, 2)
+SERVED = ("bm25", "dense", "hybrid", "hybrid weighted")  # what an artifact can serve; the hybrids fuse BM25 and dense
+FUSION_DEPTH = 100  # candidates each run hands to fusion, as in notebook 06 and `embtune run`'s evaluation
 
 
 class DeployError(ValueError):
@@ -264,6 +267,93 @@ def measure(
     }
 
 
+def fuse(served: str, dense: evaluate.Run, sparse: evaluate.Run, weight: float | None = None) -> evaluate.Run:
+    """The run a retriever serves from a dense and a BM25 run: one of them, RRF, or the weighted fusion."""
+    if served not in SERVED:
+        raise DeployError(f"retriever {served!r}: use one of {', '.join(SERVED)}.")
+    if served == "hybrid weighted" and weight is None:
+        raise DeployError("the weighted hybrid needs its dense weight (tune it on dev: evaluate.tune_fusion_weight).")
+    fused = {
+        "bm25": lambda: sparse,
+        "dense": lambda: dense,
+        "hybrid": lambda: evaluate.rrf([dense, sparse]),
+        "hybrid weighted": lambda: evaluate.weighted_fusion(dense, sparse, weight),
+    }
+    return fused[served]()
+
+
+def served_run(
+    served: str,
+    index: Index | None,
+    bm25: tuple[Any, list[str]] | None,
+    doc_ids: list[str],
+    queries: dict[str, str],
+    query_emb: np.ndarray | None,
+    weight: float | None = None,
+    k: int = 10,
+) -> evaluate.Run:
+    """Top-k per query from the served retriever: the dense `index` (query_emb in `queries` order), BM25, or both
+    fused over FUSION_DEPTH candidates each. Deployment.run and the measurements both go through here."""
+    depth = k if served in ("bm25", "dense") else max(k, FUSION_DEPTH)
+    dense = search_run(index, doc_ids, list(queries), query_emb, k=depth) if served != "bm25" else {}
+    sparse = evaluate.bm25_search(bm25, queries, k=depth) if served != "dense" else {}
+    return {qid: ranked[:k] for qid, ranked in fuse(served, dense, sparse, weight).items()}
+
+
+def bm25_nbytes(bm25: tuple[Any, list[str]]) -> int:
+    """Bytes of a BM25 index as saved (bm25s' sparse matrix and vocabulary files)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bm25[0].save(tmp, show_progress=False)
+        return sum(p.stat().st_size for p in Path(tmp).iterdir())
+
+
+def measure_hybrid(
+    served: str,
+    dense_row: dict[str, Any],
+    doc_emb: np.ndarray,
+    bm25: tuple[Any, list[str]],
+    queries: dict[str, str],
+    query_emb: np.ndarray,
+    qrels: evaluate.Qrels,
+    weight: float | None = None,
+    max_single: int = 200,
+) -> dict[str, Any]:
+    """A row of the deployment table for BM25 fused with a dense row's configuration (`measure`'s row): quality,
+    both indexes' bytes, and single-query latency of both searches plus the fusion (queries already embedded)."""
+    spec = dense_row["spec"]
+    index = build_index(truncate(doc_emb, spec["dim"]), spec["kind"], spec["rescore"], **spec["params"])
+    doc_ids = bm25[1]
+    query_ids = list(qrels)
+    asked = {q: queries[q] for q in query_ids}
+    run = served_run(served, index, bm25, doc_ids, asked, query_emb, weight)
+    ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
+    _, lo, hi = evaluate.bootstrap_ci(ndcg)
+    single = []
+    for i, qid in enumerate(query_ids[:max_single]):
+        start = time.perf_counter()
+        served_run(served, index, bm25, doc_ids, {qid: asked[qid]}, query_emb[i : i + 1], weight)
+        single.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    served_run(served, index, bm25, doc_ids, asked, query_emb, weight)
+    batch_s = time.perf_counter() - start
+    how = "RRF" if served == "hybrid" else f"weighted, dense weight {weight:g}"
+    return {
+        "config": f"{dense_row['config']} + BM25 ({how})",
+        "model": dense_row["model"],
+        "spec": spec | {"served": served, "weight": weight},
+        "ndcg@10": float(ndcg.mean()),
+        "ndcg@10_ci": [lo, hi],
+        "per_query": ndcg,
+        "index_bytes": index.nbytes() + bm25_nbytes(bm25),
+        "rescore_bytes": index.rescore_nbytes(),
+        "p50_ms": 1000 * float(np.percentile(single, 50)),
+        "p95_ms": 1000 * float(np.percentile(single, 95)),
+        "queries_per_s": len(query_ids) / batch_s,
+    }
+
+
 def saved_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows without their per-query values, to save to results/ (a few numbers per row, not one per query)."""
     return [{k: v for k, v in row.items() if k != "per_query"} for row in rows]
@@ -408,34 +498,49 @@ def _write_index(
     folder: Path,
     onnx_file: str | None,
     corpus: dict[str, dict[str, Any]],
-    index: Index,
+    index: Index | None,
     params: dict[str, Any],
     quality: dict[str, Any],
+    served: str = "dense",
+    weight: float | None = None,
+    model: str | None = "../model",
 ) -> None:
-    """Write index.faiss, rescore_int8.npy (if any), chunks.jsonl and metadata.json into a new folder."""
+    """Write index.faiss and rescore_int8.npy (dense), bm25/ (BM25), chunks.jsonl and metadata.json into a new
+    folder; `served` names the retriever `embtune search` runs from them."""
     import faiss
 
+    if served not in SERVED:
+        raise DeployError(f"retriever {served!r}: use one of {', '.join(SERVED)}.")
+    if (index is None) != (served == "bm25"):
+        raise DeployError(f"retriever {served!r} {'needs a' if index is None else 'takes no'} dense index.")
     folder.mkdir(parents=True)
-    write = faiss.write_index_binary if index.kind.startswith("binary") else faiss.write_index
-    write(index.faiss_index, str(folder / "index.faiss"))
-    if index.rescore is not None:
-        np.save(folder / "rescore_int8.npy", index.rescore)
+    if index is not None:
+        write = faiss.write_index_binary if index.kind.startswith("binary") else faiss.write_index
+        write(index.faiss_index, str(folder / "index.faiss"))
+        if index.rescore is not None:
+            np.save(folder / "rescore_int8.npy", index.rescore)
+    if served != "dense":
+        evaluate.bm25_index(corpus)[0].save(str(folder / "bm25"), show_progress=False)
     with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
         for doc_id, doc in corpus.items():
             f.write(json.dumps({"_id": doc_id, "title": doc.get("title", ""), "text": doc["text"]}) + "\n")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
     metadata = {
         "format": ARTIFACT_FORMAT,
-        "model": "../model",
+        "retriever": {"served": served, "weight": weight, "depth": FUSION_DEPTH},
+        "model": model if index is not None else None,
         "onnx_file": onnx_file,
-        "index": {"kind": index.kind, "dim": index.dim, "params": params, "oversample": index.oversample},
-        "rescore": index.rescore is not None,
-        "ranges": None if index.ranges is None else index.ranges.tolist(),
+        "index": None if index is None else {"kind": index.kind, "dim": index.dim, "params": params},
+        "rescore": index is not None and index.rescore is not None,
+        "ranges": None if index is None or index.ranges is None else index.ranges.tolist(),
         "n_docs": len(corpus),
         "quality": quality,
         "created": date.today().isoformat(),
         "machine": config.describe(),
-        "sha256": {p.name: sha256(p) for p in sorted(folder.iterdir())},  # load_artifact checks them
+        "sha256": {p.relative_to(folder).as_posix(): sha256(p) for p in files},  # load_artifact checks them
     }
+    if index is not None:
+        metadata["index"]["oversample"] = index.oversample
     evaluate.write_json(folder / "metadata.json", metadata)
 
 
@@ -486,8 +591,11 @@ def save_artifact(
     index: Index,
     params: dict[str, Any],
     quality: dict[str, Any],
+    served: str = "dense",
+    weight: float | None = None,
 ) -> Path:
-    """Write model/ (with its ONNX file, if any) and index/ (FAISS index, int8 rescoring vectors, chunks, metadata).
+    """Write model/ (with its ONNX file, if any) and index/ (FAISS index, int8 rescoring vectors, BM25 for a hybrid,
+    chunks, metadata).
 
     Written to a temporary folder first and renamed into place, so an interrupted save leaves the old artifact whole.
     """
@@ -496,42 +604,72 @@ def save_artifact(
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
     onnx_name = None if onnx_file is None else Path(onnx_file).relative_to(model_dir).as_posix()
-    _write_index(tmp / "index", onnx_name, corpus, index, params, quality)
+    _write_index(tmp / "index", onnx_name, corpus, index, params, quality, served, weight)
     return _swap_in(tmp, folder)
 
 
 def save_index(
-    folder: Path, corpus: dict[str, dict[str, Any]], index: Index, params: dict[str, Any], quality: dict[str, Any]
+    folder: Path,
+    corpus: dict[str, dict[str, Any]],
+    index: Index | None,
+    params: dict[str, Any],
+    quality: dict[str, Any],
+    served: str = "dense",
+    weight: float | None = None,
+    model: str = "model",
 ) -> Path:
-    """Write only index/ next to an existing model/ folder (as `embtune run` does), atomically; returns index/."""
+    """Write only index/ next to an existing model folder (`folder`/`model`, as `embtune run` does), atomically;
+    BM25 alone needs no model. Returns index/."""
     target = Path(folder) / "index"
-    if not (Path(folder) / "model" / "modules.json").is_file():
-        raise DeployError(f"{folder} has no model/ folder: save the model before its index.")
+    if index is not None and not (Path(folder) / model / "modules.json").is_file():
+        raise DeployError(f"{folder} has no {model}/ folder: save the model before its index.")
     tmp = target.with_name("index.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_index(tmp, None, corpus, index, params, quality)
+    _write_index(tmp, None, corpus, index, params, quality, served, weight, model=f"../{model}")
     return _swap_in(tmp, target)
 
 
 @dataclass
 class Deployment:
-    """A loaded artifact: the ONNX model, the index and the chunks; `search(text)` returns the top chunks."""
+    """A loaded artifact: the encoder and dense index and/or the BM25 index, and the chunks; `search(text)` returns
+    the top chunks from the retriever it was saved with."""
 
-    model: Any
-    index: Index
+    model: Any  # None when the artifact serves BM25 alone
+    index: Index | None
     chunks: list[dict[str, Any]]
     metadata: dict[str, Any]
+    bm25: tuple[Any, list[str]] | None = None
+
+    @property
+    def served(self) -> str:
+        """The retriever this artifact serves: bm25, dense, hybrid (RRF) or hybrid weighted."""
+        return self.metadata.get("retriever", {}).get("served", "dense")
+
+    def score_name(self) -> str:
+        """What the printed scores are."""
+        if self.served == "hybrid weighted":
+            weight = self.metadata["retriever"]["weight"]
+            return f"{weight:g} x dense + {1 - weight:g} x BM25, each min-max scaled per query"
+        names = {"bm25": "BM25", "hybrid": "reciprocal rank fusion of dense and BM25"}
+        return names.get(self.served) or self.index.score_name()
+
+    def run(self, queries: dict[str, str], k: int = 10) -> evaluate.Run:
+        """The top `k` chunk ids and scores per query (query id → text), from the served retriever."""
+        if not all(text.strip() for text in queries.values()):
+            raise DeployError("the query is empty: pass some text to search for.")
+        texts = list(queries.values())
+        emb = None if self.model is None else evaluate.encode(self.model, texts, batch_size=min(len(texts), 64))
+        doc_ids = [c["_id"] for c in self.chunks]
+        weight = self.metadata.get("retriever", {}).get("weight")
+        return served_run(self.served, self.index, self.bm25, doc_ids, queries, emb, weight, k)
 
     def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
         """The top `k` chunks for a query: rank, id, score, title, text."""
-        if not query.strip():
-            raise DeployError("the query is empty: pass some text to search for.")
-        scores, idx = self.index.search(evaluate.encode(self.model, [query], batch_size=1), k)
-        hits = [(j, s) for j, s in zip(idx[0], scores[0]) if j >= 0]
+        by_id = {c["_id"]: c for c in self.chunks}
+        hits = self.run({"q": query}, k)["q"]
         return [
-            {"rank": r + 1, "id": self.chunks[j]["_id"], "score": float(s)}
-            | {f: self.chunks[j][f] for f in ("title", "text")}
-            for r, (j, s) in enumerate(hits)
+            {"rank": r + 1, "id": doc_id, "score": float(s)} | {f: by_id[doc_id][f] for f in ("title", "text")}
+            for r, (doc_id, s) in enumerate(hits)
         ]
 
 
@@ -548,27 +686,38 @@ def load_artifact(folder: Path | str) -> Deployment:
             f"{artifact_dir().relative_to(config.repo_root())}) or pass --artifact with the folder it printed."
         )
     metadata = json.loads(meta_path.read_text())
-    if metadata.get("format") != ARTIFACT_FORMAT:
-        raise DeployError(f"{folder} has artifact format {metadata.get('format')}, this code reads {ARTIFACT_FORMAT}.")
+    if metadata.get("format") not in READABLE_FORMATS:
+        raise DeployError(
+            f"{folder} has artifact format {metadata.get('format')}, this code reads {READABLE_FORMATS}: save the "
+            "artifact again with this version, or install the version that wrote it."
+        )
     _check_files(index_dir, metadata.get("sha256", {}))  # artifacts saved before checksums existed have none
-    spec = metadata["index"]
-    read = faiss.read_index_binary if spec["kind"].startswith("binary") else faiss.read_index
-    faiss_index = read(str(index_dir / "index.faiss"))
-    if "ef_search" in spec["params"]:
-        faiss_index.hnsw.efSearch = spec["params"]["ef_search"]
-    if "nprobe" in spec["params"]:
-        faiss_index.nprobe = spec["params"]["nprobe"]
-    ranges = None if metadata["ranges"] is None else np.asarray(metadata["ranges"], dtype=np.float32)
-    rescore = np.load(index_dir / "rescore_int8.npy", mmap_mode="r") if metadata["rescore"] else None
-    index = Index("deployed", faiss_index, spec["kind"], spec["dim"], ranges, rescore, spec["oversample"])
     chunks = [json.loads(line) for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
-    if len(chunks) != faiss_index.ntotal:
-        raise DeployError(f"{folder}: {len(chunks)} chunks but {faiss_index.ntotal} vectors; save the artifact again.")
-    model_dir = (index_dir / metadata["model"]).resolve()
-    if metadata["onnx_file"]:
-        model = load_onnx(model_dir, metadata["onnx_file"])
-    else:  # the torch model (when the int8 ONNX model lost too much quality to be chosen)
-        from sentence_transformers import SentenceTransformer
+    index, model, bm25 = None, None, None
+    if spec := metadata.get("index"):
+        read = faiss.read_index_binary if spec["kind"].startswith("binary") else faiss.read_index
+        faiss_index = read(str(index_dir / "index.faiss"))
+        if "ef_search" in spec["params"]:
+            faiss_index.hnsw.efSearch = spec["params"]["ef_search"]
+        if "nprobe" in spec["params"]:
+            faiss_index.nprobe = spec["params"]["nprobe"]
+        ranges = None if metadata["ranges"] is None else np.asarray(metadata["ranges"], dtype=np.float32)
+        rescore = np.load(index_dir / "rescore_int8.npy", mmap_mode="r") if metadata["rescore"] else None
+        index = Index("deployed", faiss_index, spec["kind"], spec["dim"], ranges, rescore, spec["oversample"])
+        if len(chunks) != faiss_index.ntotal:
+            raise DeployError(f"{folder}: {len(chunks)} chunks but {faiss_index.ntotal} vectors; save it again.")
+        model_dir = (index_dir / metadata["model"]).resolve()
+        if metadata["onnx_file"]:
+            model = load_onnx(model_dir, metadata["onnx_file"])
+        else:  # the torch model (when the int8 ONNX model lost too much quality to be chosen)
+            from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(model_dir), device="cpu")
-    return Deployment(model, index, chunks, metadata)
+            model = SentenceTransformer(str(model_dir), device="cpu")
+    if (index_dir / "bm25").is_dir():
+        import bm25s
+
+        retriever = bm25s.BM25.load(str(index_dir / "bm25"), show_progress=False)
+        bm25 = (retriever, [c["_id"] for c in chunks])
+        if retriever.scores["num_docs"] != len(chunks):
+            raise DeployError(f"{folder}: {len(chunks)} chunks but a BM25 index of {retriever.scores['num_docs']}.")
+    return Deployment(model, index, chunks, metadata, bm25)

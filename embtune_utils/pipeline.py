@@ -24,10 +24,14 @@ from embtune_utils import config, data, deploy, evaluate, negatives, synth, trai
 STAGES = ("load", "queries", "negatives", "train", "evaluate", "deploy", "report")
 TRAIN_QUERIES = ("synthetic", "real", "both")
 SCHEMA_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")  # metrics.json, per retriever
-RETRIEVERS = ("bm25", "base", "finetuned", "hybrid")
+RETRIEVERS = ("bm25", "base", "finetuned", "hybrid", "hybrid weighted")  # simplest first: ties go to the earlier
+SERVES = {"bm25": "bm25", "base": "dense", "finetuned": "dense"} | {h: h for h in ("hybrid", "hybrid weighted")}
 DEV_SHARE = 0.2  # of the training queries held out for dev when the corpus has no dev qrels
 MAX_DEV_QUERIES = 200
 DEV_CORPUS_MAX = 500  # dev questions are searched among their passages plus a sample (early stopping only)
+PAIRS_SEEN = {"fast": 96, "default": 1536, "full": None}  # training budget per mode (None: the mode's epochs over all)
+MAX_EPOCHS = 8  # a small corpus gets several passes, at most this many
+EVALUATIONS = 6  # dev evaluations per training run: early stopping needs a few, each costs a dev encoding
 SHIPPED_CACHE = "synthetic/queries_smollm2.jsonl"  # under data/: the course's local-generator run
 
 
@@ -72,7 +76,13 @@ class RunConfig:
             "load": {"corpus": corpus_fingerprint(Path(self.corpus)), "base_model": self.base_model, "seed": self.seed},
             "queries": {"train_queries": self.train_queries, "generator": self.generator, "mode": self.mode},
             "negatives": {"hard_negatives": self.hard_negatives},
-            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "recipe": train.FINAL, "mode": self.mode},
+            "train": {
+                "epochs": self.epochs,
+                "batch_size": self.batch_size,
+                "recipe": train.FINAL,
+                "mode": self.mode,
+                "budget": (PAIRS_SEEN, MAX_EPOCHS, EVALUATIONS),
+            },  # fmt: skip
         }
         return by_stage.get(stage, {})
 
@@ -295,23 +305,50 @@ def dev_sample(beir: data.Beir, seed: int, size: int = DEV_CORPUS_MAX) -> dict[s
     return {cid: doc for cid, doc in beir.corpus.items() if cid in chosen}
 
 
+def training_budget(n_pairs: int, mode: str, epochs: int | None = None, batch_size: int | None = None) -> dict:
+    """Pairs, epochs, batch size, learning rate and evaluation interval for `n_pairs` training pairs in a mode.
+
+    The mode sets how many pairs training may see (PAIRS_SEEN): a larger set is sampled down to it and seen once, a
+    smaller one is seen several times (at most MAX_EPOCHS). The batch keeps at least 8 steps per pass (in-batch
+    negatives need a batch, the optimizer needs steps); the learning rate follows the batch's square root from
+    notebook 05's (5e-5 at the mode's batch); the dev set is scored EVALUATIONS times, early stopping after
+    train.PATIENCE evaluations without a gain. --epochs and --batch-size override the choice.
+    """
+    import math
+
+    settings = config.settings(mode)
+    seen = PAIRS_SEEN[mode] or n_pairs * settings.epochs
+    batch = batch_size or max(2, min(settings.train_batch_size, max(4, n_pairs // 8), n_pairs))
+    pairs = min(n_pairs, seen)
+    passes = epochs or max(1, min(MAX_EPOCHS, round(seen / max(pairs, 1))))
+    steps = math.ceil(pairs / batch) * passes
+    rate = train.FINAL["learning_rate"] * (batch / settings.train_batch_size) ** 0.5
+    return {"pairs": pairs, "epochs": passes, "batch_size": batch, "learning_rate": float(f"{rate:.3g}"),
+            "steps": steps, "eval_steps": max(1, steps // EVALUATIONS)}  # fmt: skip
+
+
 def train_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
     """Notebook 05's training run (train.train_model) on these rows; resumes from out/checkpoints."""
     beir = data.load_beir(out / "dataset")
+    rows = _read_pairs(out / "train_rows.jsonl")
+    budget = training_budget(len(rows), cfg.mode, cfg.epochs, cfg.batch_size)
+    print(f"[train] budget for {len(rows)} pairs in {cfg.mode} mode: {budget}", flush=True)
     model, result = train.train_model(
         beir,
         out / "checkpoints",
         loss_name=train.FINAL["loss"],
         hard_negatives=cfg.hard_negatives,
-        learning_rate=train.FINAL["learning_rate"],
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
+        learning_rate=budget["learning_rate"],
+        epochs=budget["epochs"],
+        batch_size=budget["batch_size"],
         base_model=cfg.base_model,
-        rows=_read_pairs(out / "train_rows.jsonl"),
+        rows=train.sample_rows(rows, budget["pairs"], cfg.seed),
         corpus=beir.corpus,
         dev_corpus=dev_sample(beir, cfg.seed),
         seed=cfg.seed,
         progress=True,
+        max_pairs=None,
+        eval_steps=budget["eval_steps"],
     )
     record = train.model_record(result) | {"data": f"{cfg.corpus}: {cfg.train_queries} training queries"}
     train.save_model(model, out / "model", record)
@@ -327,8 +364,10 @@ def train_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
         "losses",
         "epochs",
         "batch_size",
+        "learning_rate",
+        "best_checkpoint",
     )
-    summary = {k: result[k] for k in keep if k in result}
+    summary = {k: result[k] for k in keep if k in result} | {"budget": budget}
     resumed = f", resumed from {Path(result['resumed_from']).name}" if result.get("resumed_from") else ""
     return (
         summary,
@@ -339,78 +378,133 @@ def train_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
 # ---------------------------------------------------------------- stages 5-7: evaluate, deploy, report
 
 
+def choose(dev_ndcg: dict[str, float]) -> str:
+    """The retriever with the best dev NDCG@10; equal to three decimals, the simpler one (RETRIEVERS' order)."""
+    best = max(round(v, 3) for v in dev_ndcg.values())
+    return next(name for name in RETRIEVERS if name in dev_ndcg and round(dev_ndcg[name], 3) == best)
+
+
+def split_runs(beir: data.Beir, split: str, bm25: Any, docs: dict[str, np.ndarray], models: dict[str, Any]) -> dict:
+    """BM25 and each dense model's run over the whole corpus for one split's questions (depth 100, for fusion)."""
+    queries = beir.split_queries(split)
+    query_ids = list(queries)
+    runs = {"bm25": evaluate.bm25_search(bm25, queries)}
+    for name, model in models.items():
+        emb = evaluate.encode(model, [queries[q] for q in query_ids])
+        runs[name] = evaluate.search_index(evaluate.flat_index(docs[name]), bm25[1], query_ids, emb)
+    return runs
+
+
 def evaluate_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], str]:
-    """BM25, base, fine-tuned and RRF hybrid on the test queries; metrics.json with 95% intervals."""
+    """Every retriever on the dev questions (whole corpus), the choice among them, then each once on test;
+    metrics.json with 95% intervals."""
     from embtune_utils import models
 
     beir = data.load_beir(out / "dataset")
-    test_q, qrels = beir.split_queries("test"), beir.qrels["test"]
     finetuned = models.load_model(str(out / "model"), verbose=False)
-    doc_ids, texts = evaluate.doc_texts(beir.corpus)
-    docs = evaluate.encode(finetuned, texts, show_progress=len(texts) > 2000)
-    np.save(out / "corpus_embeddings.npy", docs)  # the deploy stage reuses them (it always runs after this one)
-    query_ids = list(test_q)
-    runs = {
-        "bm25": evaluate.bm25_search(evaluate.bm25_index(beir.corpus), test_q),
-        "base": evaluate.dense_run(base, beir.corpus, test_q, cache=False),
-        "finetuned": evaluate.search_index(
-            evaluate.flat_index(docs), doc_ids, query_ids, evaluate.encode(finetuned, [test_q[q] for q in query_ids])
-        ),
-    }
-    runs["hybrid"] = evaluate.rrf([runs["finetuned"], runs["bm25"]])
-    per_query = {name: evaluate.per_query_metrics(run, qrels) for name, run in runs.items()}
+    _, texts = evaluate.doc_texts(beir.corpus)
+    big = len(texts) > 2000
+    docs = {"finetuned": evaluate.encode(finetuned, texts, show_progress=big)}
+    np.save(out / "corpus_embeddings.npy", docs["finetuned"])  # the deploy stage reuses them
+    docs["base"] = evaluate.encode(base, texts, show_progress=big)
+    np.save(out / "base_corpus_embeddings.npy", docs["base"])
+    bm25 = evaluate.bm25_index(beir.corpus)
+    dense = {"base": base, "finetuned": finetuned}
+    runs = {split: split_runs(beir, split, bm25, docs, dense) for split in ("dev", "test")}
+    weight, _ = evaluate.tune_fusion_weight(runs["dev"]["finetuned"], runs["dev"]["bm25"], beir.qrels["dev"])
+    for split_run in runs.values():
+        fused = {"hybrid": None, "hybrid weighted": weight}
+        split_run |= {h: deploy.fuse(h, split_run["finetuned"], split_run["bm25"], w) for h, w in fused.items()}
+    dev = {n: evaluate.evaluate_run(runs["dev"][n], beir.qrels["dev"], ("ndcg@10",))["ndcg@10"] for n in RETRIEVERS}
+    chosen = choose(dev)  # decided before any test score is computed below
+    qrels = beir.qrels["test"]
+    per_query = {name: evaluate.per_query_metrics(runs["test"][name], qrels) for name in RETRIEVERS}
     with_ci = {name: evaluate.metrics_with_ci(pq) for name, pq in per_query.items()}
 
     def ndcg(name: str) -> np.ndarray:
         return np.array([per_query[name][q]["ndcg@10"] for q in qrels])
 
     paired = {f"finetuned-{b}": evaluate.paired_test(ndcg("finetuned"), ndcg(b)) for b in ("base", "bm25")}
+    paired |= {f"{n}-bm25": evaluate.paired_test(ndcg(n), ndcg("bm25")) for n in ("hybrid", "hybrid weighted")}
     metrics = {
         "test": {name: {m: with_ci[name][m][0] for m in SCHEMA_METRICS} for name in RETRIEVERS},
-        "ci95": {label: [p["lo"], p["hi"]] for label, p in paired.items()},
+        "ci95": {label: [paired[label]["lo"], paired[label]["hi"]] for label in ("finetuned-base", "finetuned-bm25")},
         "n_test_queries": len(qrels),
+        "chosen": chosen,
+        "dev": {"ndcg@10": dev, "n_queries": len(beir.qrels["dev"]), "fusion_weight": weight},
     }
     evaluate.write_json(out / "metrics.json", metrics)
     details = {"test_ci": {n: {m: list(v[1:]) for m, v in ci.items()} for n, ci in with_ci.items()}, "paired": paired}
+    details["bm25_test"] = {q: per_query["bm25"][q]["ndcg@10"] for q in qrels}  # the deploy stage's paired test
+    behind = [q for q in qrels if per_query["finetuned"][q]["ndcg@10"] < per_query["bm25"][q]["ndcg@10"]]
+    kinds = [evaluate.failure_kind(beir.queries[q], runs["test"]["finetuned"][q][0][0], qrels[q], beir.corpus)
+             for q in behind if runs["test"]["finetuned"].get(q)]  # fmt: skip
+    details["finetuned_behind_bm25"] = {"queries": len(behind)} | {k: kinds.count(k) for k in evaluate.FAILURE_KINDS}
     evaluate.write_json(out / "eval_details.json", details)
     t = metrics["test"]
     line = ", ".join(f"{name} {t[name]['ndcg@10']:.3f}" for name in RETRIEVERS)
-    return {"ndcg@10": {n: t[n]["ndcg@10"] for n in RETRIEVERS}}, f"test NDCG@10 ({len(qrels)} queries): {line}"
+    dev_line = ", ".join(f"{name} {v:.3f}" for name, v in dev.items())
+    result = {"ndcg@10": {n: t[n]["ndcg@10"] for n in RETRIEVERS}, "chosen": chosen, "dev": dev, "weight": weight}
+    return result, f"dev NDCG@10: {dev_line} → {chosen}; test ({len(qrels)} queries): {line}"
 
 
-def deploy_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
-    """Notebook 07's rule on the dev queries (>= 99% of float flat, smallest index), then save index/ beside model/."""
+def deploy_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], str]:
+    """Deploy the retriever chosen on dev: its dense part compressed by notebook 07's rule on dev (>= 99% of the
+    float pipeline's dev NDCG@10, smallest index), saved as index/ beside its model; then the saved artifact, exactly
+    as `embtune search` loads it, answers the dev and test questions once."""
     from embtune_utils import models
 
     beir = data.load_beir(out / "dataset")
-    model = models.load_model(str(out / "model"), verbose=False)
-    doc_ids, texts = evaluate.doc_texts(beir.corpus)
-    saved = out / "corpus_embeddings.npy"  # written by the evaluate stage with this model
-    docs = np.load(saved) if saved.exists() else evaluate.encode(model, texts, show_progress=len(texts) > 2000)
-    dim = docs.shape[1]
-    candidates = [("flat", False), ("int8", False), ("int8", True)] + ([("binary", True)] if dim % 8 == 0 else [])
-    rows = {}
+    metrics = json.loads((out / "metrics.json").read_text())
+    chosen, weight = metrics["chosen"], metrics["dev"]["fusion_weight"]
+    served = SERVES[chosen]
+    doc_ids = list(beir.corpus)
+    bm25 = evaluate.bm25_index(beir.corpus)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if served == "bm25":
+        pick = {"config": "bm25", "spec": {}}
+        deploy.save_index(out, beir.corpus, None, {}, {"config": "bm25"}, served="bm25")
+    else:
+        model_dir = "base_model" if chosen == "base" else "model"
+        if chosen == "base":
+            base.save(str(out / model_dir))
+        model = models.load_model(str(out / model_dir), verbose=False)
+        docs = np.load(out / ("base_corpus_embeddings.npy" if chosen == "base" else "corpus_embeddings.npy"))
+        dim = docs.shape[1]
+        kinds = [("flat", False), ("int8", False), ("int8", True)] + ([("binary", True)] if dim % 8 == 0 else [])
+        for split in ("dev", "test"):
+            qrels = beir.qrels[split]
+            queries = {q: beir.queries[q] for q in qrels}
+            emb = evaluate.encode(model, list(queries.values()))
+            name = "base" if chosen == "base" else "finetuned"
+            dense_rows = [deploy.measure(name, docs, emb, doc_ids, qrels, kind=k, rescore=r) for k, r in kinds]
+            rows[split] = dense_rows if served == "dense" else [
+                deploy.measure_hybrid(served, r, docs, bm25, queries, emb, qrels, weight) for r in dense_rows
+            ]  # fmt: skip
+            deploy.finish_table(rows[split], rows[split][0]["config"], {})
+        pick = deploy.recommend(rows["dev"])  # chosen on dev: choosing on test would overstate its test score
+        spec = pick["spec"]
+        index = deploy.build_index(docs, spec["kind"], spec["rescore"], **spec["params"])
+        quality = {"config": pick["config"], "dev ndcg@10": pick["ndcg@10"]}
+        deploy.save_index(out, beir.corpus, index, spec, quality, served, weight, model=model_dir)
+    deployed = deploy.load_artifact(out)  # what `embtune search --artifact out` serves
+    scores = {}
     for split in ("dev", "test"):
         qrels = beir.qrels[split]
-        queries = evaluate.encode(model, [beir.queries[q] for q in qrels])
-        rows[split] = [
-            deploy.measure("finetuned", docs, queries, doc_ids, qrels, kind=k, rescore=r) for k, r in candidates
-        ]
-        deploy.finish_table(rows[split], f"finetuned {dim}d flat", {})
-    pick = deploy.recommend(rows["dev"])  # chosen on dev: choosing on test would overstate its test score
-    test_row = next(r for r in rows["test"] if r["spec"] == pick["spec"])
-    spec = pick["spec"]
-    index = deploy.build_index(docs, spec["kind"], spec["rescore"], **spec["params"])
-    quality = {"config": pick["config"], "dev ndcg@10": pick["ndcg@10"], "ndcg@10": test_row["ndcg@10"]}
-    deploy.save_index(out, beir.corpus, index, spec, quality)
-    table = [
-        {k: r[k] for k in ("config", "ndcg@10", "pct_of_ref", "index_bytes", "p50_ms", "p95_ms")} for r in rows["test"]
-    ]
-    result = {"chosen": pick["config"], "dev_pct": pick["pct_of_ref"], "test": test_row["ndcg@10"], "table": table}
-    return (
-        result,
-        f"{pick['config']} ({pick['pct_of_ref']:.1f}% of float on dev), test NDCG@10 {test_row['ndcg@10']:.3f}",
-    )
+        run = deployed.run({q: beir.queries[q] for q in qrels}, k=10)
+        scores[split] = [m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()]
+    bm25_test = json.loads((out / "eval_details.json").read_text())["bm25_test"]
+    vs_bm25 = evaluate.paired_test(scores["test"], [bm25_test[q] for q in beir.qrels["test"]])
+    mean, lo, hi = evaluate.bootstrap_ci(scores["test"])
+    metrics["deployed"] = {"retriever": chosen, "config": pick["config"], "dev ndcg@10": float(np.mean(scores["dev"]))}
+    metrics["deployed"] |= {"ndcg@10": mean, "ci95": [lo, hi], "minus_bm25": vs_bm25}
+    evaluate.write_json(out / "metrics.json", metrics)
+    keep = ("config", "ndcg@10", "pct_of_ref", "index_bytes", "p50_ms", "p95_ms")
+    table = [{k: r[k] for k in keep} for r in rows.get("test", [])]
+    result = {"chosen": chosen, "config": pick["config"], "dev_pct": pick.get("pct_of_ref", 100.0)}
+    result |= {"test": mean, "test_ci": [lo, hi], "minus_bm25": vs_bm25, "table": table}
+    line = f"{chosen}: {pick['config']}, test NDCG@10 {mean:.3f} [{lo:.3f}, {hi:.3f}] through the saved artifact"
+    return result, line + f", {vs_bm25['mean']:+.3f} [{vs_bm25['lo']:+.3f}, {vs_bm25['hi']:+.3f}] vs BM25"
 
 
 def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
@@ -442,9 +536,8 @@ def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) 
     plt.close(fig)
 
     t = metrics["test"]
-    lines = [
-        "# embtune run report",
-        "",
+    lines = ["# embtune run report", "", advice(metrics, details, str(out)), ""]
+    lines += [
         f"Corpus `{cfg.corpus}` ({load['kind']}): {load['documents']} documents, {load['chunks']} passages. "
         f"Base model `{cfg.base_model}`, mode `{cfg.mode}`, seed {cfg.seed}. Machine: {_machine_line()}.",
         "",
@@ -459,15 +552,20 @@ def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) 
         f"Training: {queries['pairs']['real']} real + {queries['pairs']['synthetic']} synthetic pairs"
         + (f" (generator: {queries['generator']}; filters kept {queries['filters']})" if "generator" in queries else "")
         + f"; dev {queries['dev_queries']} queries{' (' + queries['dev_from'] + ')' if 'dev_from' in queries else ''}"
-        f"; {trained['steps']} steps, best dev NDCG@10 {trained['best']:.3f}, {trained['seconds']:.0f} s.",
+        f"; budget {trained.get('budget', {})}; {trained['steps']} steps, best dev NDCG@10 {trained['best']:.3f} (on a "
+        f"{DEV_CORPUS_MAX}-passage dev sample), {trained['seconds']:.0f} s.",
         "",
-        "| retriever | " + " | ".join(SCHEMA_METRICS) + " |",
-        "|---|" + "---|" * len(SCHEMA_METRICS),
+        f"**The choice, on the {metrics['dev']['n_queries']} dev questions** (whole corpus; the weighted hybrid's "
+        f"dense weight {metrics['dev']['fusion_weight']:g} was tuned on them too), then test, scored once:",
+        "",
+        "| retriever | dev NDCG@10 | test " + " | test ".join(SCHEMA_METRICS) + " |",
+        "|---|---|" + "---|" * len(SCHEMA_METRICS),
     ]
     for name in RETRIEVERS:
         lo, hi = details["test_ci"][name]["ndcg@10"]
         cells = [f"{t[name]['ndcg@10']:.3f} [{lo:.3f}, {hi:.3f}]"] + [f"{t[name][m]:.3f}" for m in SCHEMA_METRICS[1:]]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = f"**{name}** (chosen)" if name == metrics["chosen"] else name
+        lines.append(f"| {label} | {metrics['dev']['ndcg@10'][name]:.3f} | " + " | ".join(cells) + " |")
     lines += [""]
     for label, p in details["paired"].items():
         verdict = {1: "better", -1: "worse", 0: "no difference beyond the noise"}[evaluate.ci_side(p["lo"], p["hi"])]
@@ -478,15 +576,51 @@ def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) 
         "",
         "![NDCG@10](ndcg.png) ![training](training.png)",
         "",
-        f"Deployment: **{dep['chosen']}** (chosen on dev: the smallest index keeping 99% of exact float search), test "
-        f'NDCG@10 {dep["test"]:.3f}. Search it: `embtune search "your question" --artifact {out}`.',
+        f"Deployment: **{dep['config']}** (the dense part compressed by notebook 07's rule, on dev: the smallest "
+        f"index keeping 99% of the uncompressed pipeline), test NDCG@10 {dep['test']:.3f} through the saved artifact. "
+        f'Search it: `embtune search "your question" --artifact {out}`.',
         "",
-        "| stage | seconds |",
-        "|---|---|",
     ]
+    if dep.get("table"):
+        lines += ["| deployment candidate (test) | NDCG@10 | % of uncompressed | index bytes | p50 ms | p95 ms |"]
+        lines += ["|---|---|---|---|---|---|"]
+        lines += [f"| {r['config']} | {r['ndcg@10']:.3f} | {r['pct_of_ref']:.1f} | {r['index_bytes']:,} | "
+                  f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} |" for r in dep["table"]]  # fmt: skip
+        lines += [""]
+    lines += ["| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {records[s]['seconds']:.1f} |" for s in STAGES if s in records]
     config.write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return {"report": "report.md"}, f"{out / 'report.md'}"
+
+
+def advice(metrics: dict[str, Any], details: dict[str, Any], out: str) -> str:
+    """The report's opening: which retriever to use, its test NDCG@10 and its paired difference to BM25, and what
+    it means when the fine-tuned dense model alone loses to BM25."""
+    dep = metrics["deployed"]
+    d = dep["minus_bm25"]
+    lo, hi = dep["ci95"]
+    side = {1: "ahead of", -1: "behind", 0: "level with"}[evaluate.ci_side(d["lo"], d["hi"])]
+    what = "BM25 alone" if dep["retriever"] == "bm25" else f"the {dep['retriever']} retriever ({dep['config']})"
+    text = (
+        f'**Use {what}**: `embtune search "..." --artifact {out}`. Test NDCG@10 {dep["ndcg@10"]:.3f} '
+        f"[{lo:.3f}, {hi:.3f}] through the saved artifact"
+    )
+    if dep["retriever"] != "bm25":
+        text += f", {side} BM25 ({d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], paired)"
+    text += "; chosen on the dev questions before test was scored."
+    behind = details["paired"]["finetuned-bm25"]
+    if evaluate.ci_side(behind["lo"], behind["hi"]) < 0:
+        kinds = details.get("finetuned_behind_bm25", {})
+        where = ", ".join(f"{kinds[k]} {k}" for k in evaluate.FAILURE_KINDS if kinds.get(k))
+        text += (
+            f" The fine-tuned dense model alone is behind BM25 ({behind['mean']:+.3f} [{behind['lo']:+.3f}, "
+            f"{behind['hi']:+.3f}]): do not serve it alone. Keep the hybrid (BM25 catches the exact words dense "
+            "misses), and to lift dense train on more or better queries — real users' questions if you have them, "
+            "or a stronger generator (`--generator openai`)."
+        )
+        if where:
+            text += f" Where it loses ({kinds['queries']} test questions, its top passage): {where}."
+    return text
 
 
 def _machine_line() -> str:
@@ -518,7 +652,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "negatives": lambda: negatives_stage(cfg, out, base),
         "train": lambda: train_stage(cfg, out),
         "evaluate": lambda: evaluate_stage(cfg, out, base),
-        "deploy": lambda: deploy_stage(cfg, out),
+        "deploy": lambda: deploy_stage(cfg, out, base),
         "report": lambda: report_stage(cfg, out, records),
     }
     upstream = ""

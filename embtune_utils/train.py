@@ -118,23 +118,44 @@ def precision_flags(precision: str | None = None) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def memory_flags(mode: str | None = None) -> dict[str, Any]:
+    """Fast mode recomputes activations in the backward pass (gradient checkpointing), so that a training step fits
+    Binder's 2 GB beside the rest of a notebook: a Trainer run on 8 triplets x 256 tokens peaked at +658 MB with it
+    and +1,084 MB without (2 CPU cores, 2026-11-29). The other modes keep the activations, which is faster."""
+    if config.get_mode(mode) != "fast":
+        return {}
+    return {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+
+
 def loader_flags(device: str | None = None) -> dict[str, Any]:
-    """Trainer flags that keep a GPU fed: tokenizing workers that live across epochs, pinned memory, fused AdamW."""
+    """Trainer flags that keep a GPU fed: tokenizing workers that live across epochs, pinned memory, fused AdamW, and
+    no wait for the GPU in a step (batches copied to it without blocking, no NaN check of each step's loss)."""
     device = device or config.detect_device()
     workers = config.loader_workers(device)
     flags: dict[str, Any] = {"dataloader_num_workers": workers, "dataloader_pin_memory": device == "cuda"}
     if workers:
         flags |= {"dataloader_persistent_workers": True, "dataloader_prefetch_factor": 4}
-    if device == "cuda":
-        flags["optim"] = "adamw_torch_fused"
+    if device == "cuda":  # each wait lets the GPU idle while the CPU readies the next step (train_throughput.py)
+        flags |= {"optim": "adamw_torch_fused", "accelerator_config": {"non_blocking": True}}
+        flags["logging_nan_inf_filter"] = False
     return flags
 
 
+GPU_LOGGING_STEPS = 10  # on a GPU, a loss logged every step makes the GPU wait for the CPU every step
+
+
+def logging_steps(device: str | None = None) -> int:
+    """Steps between logged losses: every step on a CPU; every GPU_LOGGING_STEPS on a GPU, where reading the loss
+    waits for the GPU to finish the step (benchmarks/train_throughput.py measures what that costs)."""
+    return GPU_LOGGING_STEPS if (device or config.detect_device()) == "cuda" else 1
+
+
 def plumbing_args(seed: int = config.SEED, progress: bool = False) -> dict[str, Any]:
-    """The Trainer flags that are plumbing, not recipe: seeds, a log line per step and no external logger, no progress
-    bar, the precision this hardware supports and data-loader flags. Notebook 05 passes them on with **."""
-    flags: dict[str, Any] = {"seed": seed, "data_seed": seed, "logging_steps": 1, "report_to": "none"}
-    return flags | {"disable_tqdm": not progress, **precision_flags(), **loader_flags()}
+    """The Trainer flags that are plumbing, not recipe: seeds, a log line per step (every GPU_LOGGING_STEPS on a GPU)
+    and no external logger, no progress bar, the precision this hardware supports, data-loader flags and fast mode's
+    memory flags. Notebook 05 passes them on with **."""
+    flags: dict[str, Any] = {"seed": seed, "data_seed": seed, "logging_steps": logging_steps(), "report_to": "none"}
+    return flags | {"disable_tqdm": not progress, **precision_flags(), **loader_flags(), **memory_flags()}
 
 
 def training_args(output_dir: Path, batch_size: int = 32, learning_rate: float = 2e-5, **overrides: Any) -> Any:
@@ -226,6 +247,11 @@ def dev_scores(
 PATIENCE = 3  # evaluations without a better dev score before training stops
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def ir_evaluator(
     beir: data.Beir, split: str = "dev", batch_size: int | None = None, corpus: dict[str, Any] | None = None
 ) -> Any:
@@ -250,7 +276,9 @@ def ir_evaluator(
         main_score_function="cosine",
         batch_size=batch_size or config.settings().encode_batch_size,
         show_progress_bar=False,
-        write_predictions=True,  # per-question rankings (when the Trainer gives it a folder): CIs for dev scores
+        # per-question rankings (when the Trainer gives it a folder): CIs for dev scores. Under torchrun only rank 0
+        # writes them: every rank evaluates, and two writing one file while one reads it broke a 2-GPU run.
+        write_predictions=_is_main_process(),
     )
 
 
@@ -364,6 +392,8 @@ def per_query_log(evaluator: Any) -> Any:
     dev score the Trainer logs, at no extra encoding."""
     from transformers import TrainerCallback
 
+    if not _is_main_process():  # the other ranks write no rankings (ir_evaluator); rank 0 keeps the log
+        return TrainerCallback()
     if not getattr(evaluator, "write_predictions", False):
         raise TrainError("per_query_log needs an evaluator built with write_predictions=True.")
     qrels = {qid: dict.fromkeys(rels, 1) for qid, rels in evaluator.relevant_docs.items()}
@@ -396,6 +426,12 @@ def stop_at(step: int) -> Any:
     return StopAt()
 
 
+def _stretch_ends(state: Any, control: Any) -> bool:
+    """Whether an evaluation, a save or the end of training follows this step (the Trainer's flags at step end)."""
+    last = state.global_step >= state.max_steps or control.should_training_stop
+    return bool(last or control.should_evaluate or control.should_save)
+
+
 def step_timer() -> Any:
     """A callback that times training steps, leaving out those followed by an evaluation or a checkpoint save."""
     from transformers import TrainerCallback
@@ -409,7 +445,9 @@ def step_timer() -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             import torch
 
-            if torch.cuda.is_available():
+            # Wait for the GPU only where a timed stretch starts or ends (after or before an evaluation, a save or
+            # the last step): the stretch's sum is exact, and the steps inside it run without a wait
+            if torch.cuda.is_available() and (self.last is None or self.busy or _stretch_ends(state, control)):
                 torch.cuda.synchronize()
             now = time.perf_counter()
             if self.last is not None and not self.busy:
@@ -590,7 +628,7 @@ def resume_point(args: Any, rows: list[dict[str, Any]], loss_name: str, base_mod
     rows_key = hashlib.sha256(json.dumps([(r["query"], r["chunk_id"], r.get("negatives")) for r in rows]).encode())
     run_config = {"rows": rows_key.hexdigest()[:16], "loss": loss_name, "base_model": base_model}
     run_config |= {k: getattr(args, k) for k in RUN_KEYS}
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process manages the folder
+    if _is_main_process():  # under torchrun, one process manages the folder
         restart_if_changed(Path(args.output_dir), run_config)
         checkpoint = last_checkpoint(Path(args.output_dir))
         if checkpoint and _finished(Path(checkpoint)):  # resuming is for interrupted runs: a finished one starts over
@@ -657,11 +695,14 @@ def train_model(
     seed: int = config.SEED,
     progress: bool = False,
     gather: bool | None = None,
+    max_pairs: int | None | str = "mode",
+    eval_steps: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The course's training run: base model, fit on the source's pairs with dev early stopping; (model, result).
 
     `rows`, `corpus` and `dev_corpus` replace the course's training rows and its per-split chunks (as `embtune run`
     does for your own corpus: rows over `corpus`, dev questions searched against `dev_corpus`, else all of `corpus`).
+    `max_pairs` caps the rows ("mode": the mode's max_train_pairs; None: all); `eval_steps` defaults to the mode's.
     """
     from embtune_utils import losses, models
 
@@ -669,13 +710,13 @@ def train_model(
     model = models.load_model(base_model, verbose=False)
     if rows is None:
         rows = course_rows(beir, model, source, hard_negatives)
-    rows = sample_rows(rows, settings.max_train_pairs, seed)
+    rows = sample_rows(rows, settings.max_train_pairs if max_pairs == "mode" else max_pairs, seed)
     dataset = negatives.to_dataset(rows, corpus or data.split_corpus(beir, "train"), n=hard_negatives)
     evaluator = ir_evaluator(beir, "dev", corpus=dev_corpus or corpus)
     args = fit_args(
         output_dir,
         evaluator,
-        eval_steps=settings.eval_steps,
+        eval_steps=eval_steps or settings.eval_steps,
         batch_size=batch_size or settings.train_batch_size,
         learning_rate=learning_rate,
         num_train_epochs=epochs or settings.epochs,

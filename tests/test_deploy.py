@@ -272,3 +272,47 @@ def test_sigkill_while_saving_never_leaves_a_broken_artifact(tmp_path, saved_mod
         assert len(deployed.chunks) == deployed.index.ntotal == 2000
         loaded += 1
     assert loaded >= 6
+
+
+@pytest.mark.parametrize("served", ["hybrid", "hybrid weighted"])
+def test_hybrid_artifact_serves_the_fused_run_it_was_measured_with(tmp_path, saved_model, served, capsys):
+    model = models.load_model(str(saved_model), device="cpu", verbose=False)
+    docs = evaluate.encode(model, [d["text"] for d in CORPUS.values()])
+    index = deploy.build_index(docs, "int8", rescore=True)
+    weight = 0.3 if served == "hybrid weighted" else None
+    folder = deploy.save_artifact(tmp_path / "a", saved_model, None, CORPUS, index, {}, {}, served, weight)
+    deployed = deploy.load_artifact(folder)
+    assert deployed.served == served and (folder / "index" / "bm25").is_dir()
+    queries = {"q0": "How long is the incubation period of MERS?", "q1": "Which animals carry coronaviruses?"}
+    bm25 = evaluate.bm25_index(CORPUS)
+    expected = deploy.served_run(
+        served, index, bm25, list(CORPUS), queries, evaluate.encode(model, list(queries.values())), weight
+    )
+    served_run = deployed.run(queries)  # the measured pipeline is the served one: same ids, same scores
+    assert {q: [d for d, _ in r] for q, r in served_run.items()} == {q: [d for d, _ in r] for q, r in expected.items()}
+    assert np.allclose([s for r in served_run.values() for _, s in r], [s for r in expected.values() for _, s in r])
+    assert [h["id"] for h in deployed.search(queries["q1"], k=2)] == [d for d, _ in expected["q1"][:2]]
+    qrels = {"q0": {"d0": 1}, "q1": {"d3": 1}}
+    row = deploy.measure("finetuned", docs, evaluate.encode(model, list(queries.values())), list(CORPUS), qrels)
+    emb = evaluate.encode(model, list(queries.values()))
+    hybrid = deploy.measure_hybrid(served, row, docs, bm25, queries, emb, qrels, weight)
+    assert hybrid["index_bytes"] > row["index_bytes"] and hybrid["p50_ms"] > 0 and "+ BM25" in hybrid["config"]
+    assert cli.main(["search", "bats", "--artifact", str(folder), "-k", "1"]) == 0
+    assert "[d3]" in capsys.readouterr().out
+    bm25_file = next((folder / "index" / "bm25").iterdir())
+    bm25_file.write_bytes(bm25_file.read_bytes() + b" ")
+    with pytest.raises(deploy.DeployError, match="does not match the checksum"):
+        deploy.load_artifact(folder)
+
+
+def test_bm25_artifact_needs_no_model(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    deploy.save_index(tmp_path / "run", CORPUS, None, {}, {"config": "bm25"}, served="bm25")
+    deployed = deploy.load_artifact(tmp_path / "run")
+    assert deployed.model is None and deployed.index is None and deployed.served == "bm25"
+    assert deployed.search("soap hand washing", k=1)[0]["id"] == "d4"
+    assert cli.main(["search", "PCR nasal swabs", "--artifact", str(tmp_path / "run"), "-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "score = BM25" in out and "[d6]" in out
+    with pytest.raises(deploy.DeployError, match="needs"):
+        deploy.save_index(tmp_path / "run", CORPUS, None, {}, {}, served="hybrid")

@@ -28,8 +28,14 @@ def beir_folder(tmp_path, tiny_beir):
 def check_metrics(path: Path) -> dict:
     """metrics.json has the shape other tools read (see the issue and the README)."""
     metrics = json.loads(path.read_text())
-    assert set(metrics) == {"test", "ci95", "n_test_queries"}
-    assert set(metrics["test"]) == {"bm25", "base", "finetuned", "hybrid"}
+    assert set(metrics) == {"test", "ci95", "n_test_queries", "chosen", "dev", "deployed"}
+    assert set(metrics["test"]) == {"bm25", "base", "finetuned", "hybrid", "hybrid weighted"}
+    assert metrics["chosen"] in metrics["test"] and metrics["deployed"]["retriever"] == metrics["chosen"]
+    dev = metrics["dev"]["ndcg@10"]
+    assert set(dev) == set(metrics["test"]) and pipeline.choose(dev) == metrics["chosen"]  # chosen on dev
+    assert 0.0 <= metrics["dev"]["fusion_weight"] <= 1.0 and metrics["dev"]["n_queries"] > 0
+    lo, hi = metrics["deployed"]["ci95"]
+    assert lo <= metrics["deployed"]["ndcg@10"] <= hi
     for scores in metrics["test"].values():
         assert set(scores) == {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"}
         assert all(0.0 <= v <= 1.0 for v in scores.values())
@@ -42,7 +48,7 @@ def check_metrics(path: Path) -> dict:
 def test_run_on_a_beir_folder_then_rerun_skips_every_stage(beir_folder, tmp_path, capsys, tiny_beir):
     out = tmp_path / "out"
     args = ["run", "--corpus", str(beir_folder), "--out", str(out), "--mode", "fast", "--train-queries", "real"]
-    assert cli.main(args) == 0
+    assert cli.main([*args, "--epochs", "1"]) == 0  # one pass: the sized budget is tested in test_choice.py
     metrics = check_metrics(out / "metrics.json")
     assert metrics["n_test_queries"] == len(tiny_beir.qrels["test"])
     report = (out / "report.md").read_text()
@@ -53,7 +59,7 @@ def test_run_on_a_beir_folder_then_rerun_skips_every_stage(beir_folder, tmp_path
     assert queries["dev_from"] == "real training queries" and queries["pairs"]["synthetic"] == 0
     assert cli.main(["search", "coronavirus", "--artifact", str(out), "-k", "2"]) == 0
     assert "top 2 of" in capsys.readouterr().out
-    assert cli.main(args) == 0  # the same command again: nothing is redone
+    assert cli.main([*args, "--epochs", "1"]) == 0  # the same command again: nothing is redone
     printed = capsys.readouterr().out
     assert printed.count("done earlier, skipped") == len(pipeline.STAGES), printed
 
@@ -85,7 +91,7 @@ def test_run_on_text_files_with_a_generator(tmp_path, articles, capsys, monkeypa
     with FakeOpenAI() as server:
         server.query_fn = sentence_questions
         args = ["run", "--corpus", str(docs), "--out", str(out), "--mode", "fast", "--train-queries", "synthetic"]
-        args += ["--generator", "openai-compatible", "--base-url", server.base_url]
+        args += ["--generator", "openai-compatible", "--base-url", server.base_url, "--epochs", "1"]
         assert cli.main(args) == 0
     assert set(server.auth_headers) == {f"Bearer {key}"}
     printed = capsys.readouterr()

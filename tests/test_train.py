@@ -37,8 +37,10 @@ def test_loader_flags_keep_a_gpu_fed_and_leave_a_cpu_alone(monkeypatch):
     assert train.loader_flags("cpu") == {"dataloader_num_workers": 0, "dataloader_pin_memory": False}
     monkeypatch.setattr(config.os, "cpu_count", lambda: 16)
     gpu = train.loader_flags("cuda")
-    assert gpu["dataloader_num_workers"] == 4 and gpu["dataloader_persistent_workers"]
+    assert gpu["dataloader_num_workers"] == config.MAX_LOADER_WORKERS == 8 and gpu["dataloader_persistent_workers"]
     assert gpu["dataloader_pin_memory"] and gpu["optim"] == "adamw_torch_fused"
+    assert gpu["accelerator_config"] == {"non_blocking": True} and gpu["logging_nan_inf_filter"] is False  # no waits
+    assert train.logging_steps("cpu") == 1 and train.logging_steps("cuda") == train.GPU_LOGGING_STEPS > 1
     monkeypatch.setattr(config.os, "cpu_count", lambda: 2)  # a Colab T4: one worker, one core for the main process
     assert config.loader_workers("cuda") == 1
     monkeypatch.setattr(config.os, "cpu_count", lambda: 1)
@@ -280,6 +282,29 @@ def test_step_timer_leaves_out_steps_followed_by_evaluation(monkeypatch):
             timer.on_evaluate(None, None, None)
     assert (timer.steps, timer.seconds) == (3, 3.0)  # 0→1, 1→2 and 10→11; 2→10 held the evaluation
     assert timer.pairs_per_s(32) == 32.0 and train.step_timer().pairs_per_s(32) is None
+
+
+def test_step_timer_waits_for_a_gpu_only_where_a_timed_stretch_starts_or_ends(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    waits = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: waits.append(len(waits)))
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+    timer = train.step_timer()
+    synced = []
+    for step in range(1, 7):  # an evaluation follows step 3; step 6 is the last
+        control = SimpleNamespace(should_evaluate=step == 3, should_save=False, should_training_stop=False)
+        before = len(waits)
+        timer.on_step_end(None, SimpleNamespace(global_step=step, max_steps=6), control)
+        synced += [step] * (len(waits) > before)
+        if step == 3:
+            timer.on_evaluate(None, None, None)
+    assert synced == [1, 3, 4, 6]  # the first step, before and after the evaluation, the last
+    assert (timer.steps, timer.seconds) == (4, 4.0)  # 1→2, 2→3, 4→5, 5→6; 3→4 held the evaluation
 
 
 # ---------------------------------------------------------------- the recipe's pieces (notebook 05 builds them)

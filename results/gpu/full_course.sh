@@ -17,7 +17,10 @@
 #                             print a table of torch's peak allocated memory per notebook and pack the executed
 #                             notebooks, results/full, the log and the table into $OUT/full_course.tgz
 #   rerun MODE NB..           run the notebooks named in the foreground (after a fix); packs like poll
-#   bench                     benchmarks/train_throughput.py at batch 512, fp32 and bf16 (after recv)
+#   bench [ARGS..]            benchmarks/train_throughput.py at batch 512 (ARGS passed on; after recv)
+#   multigpu [ROUNDS] [BUDGET_S]  the training script under torchrun in full mode with --score-test: 1 GPU, 2 GPUs
+#                             gathered, 2 GPUs not gathered, ROUNDS times (default 1; a round starts only while
+#                             BUDGET_S, default 480, is not spent); the log to $OUT/multi_gpu.log (after recv)
 #   check                     pre-flight: recv, imports, describe(), resolve_model(), a kernel through nbclient and
 #                             MNRL steps under the T4 cap in fp16 (random MiniLM weights of the real shape when the
 #                             real ones have not all arrived)
@@ -188,9 +191,28 @@ case "${1:-}" in
     tar czf "$OUT/rerun.tgz" "$@" results/full rerun.log summary.md
     ;;
   bench)  # needs the wheels and the MiniLM weights (.dev1 and .dev2): e.g. `recv && ... bench` in the .dev2 call
-    export PYTHONPATH=/tmp/site:$PWD
+    export PYTHONPATH=/tmp/site:$PWD && shift
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 benchmarks/train_throughput.py --batch-size 512 2>&1 | tee "$OUT/bench.log"
+    python3 benchmarks/train_throughput.py --batch-size 512 "$@" 2>&1 | tee "$OUT/bench.log"
+    ;;
+  multigpu)  # same needs as bench; the course data is built from data/ by the first run and cached in artifacts/
+    export PYTHONPATH=/tmp/site:$PWD && rounds=${2:-1} && budget=${3:-480}
+    {
+      date -u +'start %FT%TZ' && git rev-parse HEAD 2>/dev/null || true
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader && nvidia-smi topo -m || true
+      python3 -c "from embtune_utils import config; print(config.describe())"
+    } 2>&1 | tee "$OUT/multi_gpu.log"
+    for round in $(seq "$rounds"); do
+      [ "$SECONDS" -lt "$budget" ] || { echo "round $round not started: ${SECONDS}s of ${budget}s spent"; break; }
+      for run in "1" "2" "2 --no-gather"; do
+        set -- $run && tag="round $round, $1 GPU(s)${2:+, $2}" && start=$SECONDS
+        echo "=== $tag: python -m torch.distributed.run --nproc_per_node $1 -m embtune_utils.train --score-test ${2:-}"
+        rc=0 && timeout 300 python3 -m torch.distributed.run --nproc_per_node "$1" -m embtune_utils.train \
+          --score-test --out "/tmp/checkpoints_$1${2:+_nogather}" ${2:-} >/tmp/run.log 2>&1 || rc=$?
+        cat /tmp/run.log
+        echo "=== $tag: exit $rc, wall $((SECONDS - start)) s (torchrun start, data, training, test scoring)"
+      done 2>&1 | tee -a "$OUT/multi_gpu.log"
+    done
     ;;
   check)
     recv && mode_env t4
@@ -272,7 +294,8 @@ if random_weights:
 PY
     ;;
   *)
-    echo "usage: $0 pack | recv | start t4|gpu [WAIT] [NOTEBOOK...] | poll [WAIT] | rerun t4|gpu NOTEBOOK... | bench | check" >&2
+    echo "usage: $0 pack | recv | start t4|gpu [WAIT] [NOTEBOOK...] | poll [WAIT] | rerun t4|gpu NOTEBOOK... |" \
+      "bench [ARGS...] | multigpu [ROUNDS] [BUDGET_S] | check" >&2
     exit 2
     ;;
 esac
