@@ -124,9 +124,12 @@ def _output_texts(output: dict) -> list[str]:
     return texts + list(output.get("traceback", []))
 
 
+_DEBUG_LOG = re.compile(r"^DEBUG:[\w.]+:", re.MULTILINE)  # logging's default format at DEBUG level
+
+
 def output_problems(nb: object, repo: Path | None = None) -> list[str]:
     """What is wrong with a notebook's committed outputs: absolute paths, site-packages, progress widgets or bars,
-    widget state, and figures shown twice; one line each, naming the cell."""
+    DEBUG log lines, widget state, and figures shown twice; one line each, naming the cell."""
     import hashlib
 
     repo_text = str(repo or config.repo_root())
@@ -142,6 +145,8 @@ def output_problems(nb: object, repo: Path | None = None) -> list[str]:
                     problems.append(f"cell {index}: an absolute path ({where}) in its output")
                 if _PROGRESS.search(text):
                     problems.append(f"cell {index}: a progress bar in its output")
+                if _DEBUG_LOG.search(text):
+                    problems.append(f"cell {index}: a library's DEBUG log line in its output")
             image = output.get("data", {}).get("image/png")
             if image:
                 key = hashlib.sha256("".join(image).encode()).hexdigest()

@@ -167,7 +167,11 @@ def _bm25_tokenize(texts: list[str]) -> Any:
 
 def bm25_index(corpus: dict[str, dict[str, Any]]) -> tuple[Any, list[str]]:
     """A BM25 index (bm25s, English stop words, Snowball stemming) and the corpus ids in index order."""
+    import logging
+
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # its "Building index" DEBUG line, wherever logging is on
 
     doc_ids, texts = doc_texts(corpus)
     retriever = bm25s.BM25()

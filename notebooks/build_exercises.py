@@ -19,7 +19,7 @@ STUB = "    raise NotImplementedError  # your code here"
 COLAB = (  # the course notebooks' guarded install cell: it acts on Colab only
     "import sys\n\n"
     'if "google.colab" in sys.modules:  # only on Colab: fetch the course and install its helper package\n'
-    "    !git clone --depth 1 https://github.com/embtune/embtune.git /content/embtune\n"
+    "    ![ -d /content/embtune ] || git clone --depth 1 https://github.com/embtune/embtune.git /content/embtune\n"
     '    %pip install --quiet -e "/content/embtune[offline]"\n'
     '    sys.path.insert(0, "/content/embtune")\n'
     "    %cd /content/embtune/notebooks"

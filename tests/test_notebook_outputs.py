@@ -70,6 +70,7 @@ def _with_output(*outputs):
             {"output_type": "display_data", "metadata": {}, "data": {course._WIDGET: {"model_id": "a"}}},
             "progress widget",
         ),
+        ({"output_type": "stream", "name": "stderr", "text": "DEBUG:bm25s:Building index from IDs\n"}, "DEBUG log"),
     ],
 )
 def test_the_output_check_catches_each_kind_of_problem(output, problem):
