@@ -675,7 +675,7 @@ def headlines_list(mode: str = "default") -> str:
 
 def all_notebooks() -> list[Path]:
     """Every course notebook, in order."""
-    return sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    return sorted((config.repo_root() / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 
 
 def update_readme(paths: list[Path] | None = None) -> None:
@@ -689,7 +689,7 @@ def update_readme(paths: list[Path] | None = None) -> None:
     text = _replace_between(text, README_DEPLOY, deployment_table())
     text = _replace_between(text, README_BEYOND, beyond_table())
     text = _replace_between(text, README_HEADLINES, headlines_list())
-    gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
+    gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]*_*.ipynb"))
     text = _replace_between(text, README_GPU_TIMES, gpu_times_table(gpu_notebooks))
     text = _replace_between(text, README_GPU_RESULTS, results_table("full"))
     timings = _timings()  # read once for both workshop tables

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -23,8 +24,8 @@ from embtune_utils import config, evaluate
 MATRYOSHKA_DIMS = (384, 256, 128, 64)  # the dimensions notebook 05's Matryoshka loss trained
 OVERSAMPLE = 4  # a quantized index hands k x this many candidates to rescoring
 KINDS = ("flat", "ivf", "hnsw", "ivfpq", "int8", "binary", "binary_hnsw")
-ARTIFACT_FORMAT = 2  # 2: the artifact names its retriever (BM25, dense or a hybrid); 1 was dense only
-READABLE_FORMATS = (1, 2)
+ARTIFACT_FORMAT = 3  # 3: a reranker may reorder the top k; 2: the artifact names its retriever; 1 was dense only
+READABLE_FORMATS = (1, 2, 3)
 SERVED = ("bm25", "dense", "hybrid", "hybrid weighted")  # what an artifact can serve; the hybrids fuse BM25 and dense
 FUSION_DEPTH = 100  # candidates each run hands to fusion, as in notebook 06 and `embtune run`'s evaluation
 
@@ -354,6 +355,53 @@ def measure_hybrid(
     }
 
 
+def measure_reranked(
+    first_row: dict[str, Any],
+    doc_emb: np.ndarray,
+    bm25: tuple[Any, list[str]],
+    queries: dict[str, str],
+    query_emb: np.ndarray,
+    qrels: evaluate.Qrels,
+    reranker: Any,
+    corpus: dict[str, dict[str, Any]],
+    depths: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """Rows of the deployment table for a cross-encoder reranking the top k of a row's served retriever (a dense row
+    or a hybrid row of `measure_hybrid`), one per k in `depths`: quality, the first stage's bytes, and single-query
+    latency as the first stage's p50/p95 plus the reranker's p50/p95 over one question's k chunks (from
+    rerank.latency_ms; sums of percentiles, not percentiles of sums). Every pair is scored once, at the largest k."""
+    from embtune_utils import rerank
+
+    spec = first_row["spec"]
+    index = build_index(truncate(doc_emb, spec["dim"]), spec["kind"], spec["rescore"], **spec["params"])
+    asked = {q: queries[q] for q in qrels}
+    served, weight = spec.get("served", "dense"), spec.get("weight")
+    first = served_run(served, index, bm25, bm25[1], asked, query_emb, weight, k=max(10, *depths))
+    start = time.perf_counter()
+    scores = rerank.candidate_scores(reranker, [first], asked, corpus, max(depths))
+    per_pair_s = (time.perf_counter() - start) / max(1, sum(map(len, scores.values())))
+    rows = []
+    for k in depths:
+        run = rerank.reorder(first, scores, k)
+        ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
+        _, lo, hi = evaluate.bootstrap_ci(ndcg)
+        latency = rerank.latency_ms(reranker, first, asked, corpus, k)
+        rows.append({
+            "config": f"{first_row['config']} + rerank top {k}",
+            "model": first_row["model"],
+            "spec": spec | {"rerank": k},
+            "ndcg@10": float(ndcg.mean()),
+            "ndcg@10_ci": [lo, hi],
+            "per_query": ndcg,
+            "index_bytes": first_row["index_bytes"],
+            "rescore_bytes": first_row["rescore_bytes"],
+            "p50_ms": first_row["p50_ms"] + latency["p50_ms"],
+            "p95_ms": first_row["p95_ms"] + latency["p95_ms"],
+            "queries_per_s": 1.0 / (1.0 / first_row["queries_per_s"] + k * per_pair_s),
+        })  # fmt: skip
+    return rows
+
+
 def saved_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows without their per-query values, to save to results/ (a few numbers per row, not one per query)."""
     return [{k: v for k, v in row.items() if k != "per_query"} for row in rows]
@@ -504,9 +552,11 @@ def _write_index(
     served: str = "dense",
     weight: float | None = None,
     model: str | None = "../model",
+    rerank: dict[str, Any] | None = None,
 ) -> None:
     """Write index.faiss and rescore_int8.npy (dense), bm25/ (BM25), chunks.jsonl and metadata.json into a new
-    folder; `served` names the retriever `embtune search` runs from them."""
+    folder; `served` names the retriever `embtune search` runs from them, `rerank` ({model, k}: a cross-encoder
+    folder relative to it and how many of the served top chunks it reorders) the reranker on top, if any."""
     import faiss
 
     if served not in SERVED:
@@ -527,7 +577,7 @@ def _write_index(
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     metadata = {
         "format": ARTIFACT_FORMAT,
-        "retriever": {"served": served, "weight": weight, "depth": FUSION_DEPTH},
+        "retriever": {"served": served, "weight": weight, "depth": FUSION_DEPTH, "rerank": rerank},
         "model": model if index is not None else None,
         "onnx_file": onnx_file,
         "index": None if index is None else {"kind": index.kind, "dim": index.dim, "params": params},
@@ -617,15 +667,18 @@ def save_index(
     served: str = "dense",
     weight: float | None = None,
     model: str = "model",
+    rerank: dict[str, Any] | None = None,
 ) -> Path:
     """Write only index/ next to an existing model folder (`folder`/`model`, as `embtune run` does), atomically;
     BM25 alone needs no model. Returns index/."""
     target = Path(folder) / "index"
     if index is not None and not (Path(folder) / model / "modules.json").is_file():
         raise DeployError(f"{folder} has no {model}/ folder: save the model before its index.")
+    if rerank is not None and not (Path(os.path.normpath(target / rerank["model"])) / "config.json").is_file():
+        raise DeployError(f"{folder} has no reranker at index/{rerank['model']}: save the reranker before its index.")
     tmp = target.with_name("index.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_index(tmp, None, corpus, index, params, quality, served, weight, model=f"../{model}")
+    _write_index(tmp, None, corpus, index, params, quality, served, weight, model=f"../{model}", rerank=rerank)
     return _swap_in(tmp, target)
 
 
@@ -639,6 +692,7 @@ class Deployment:
     chunks: list[dict[str, Any]]
     metadata: dict[str, Any]
     bm25: tuple[Any, list[str]] | None = None
+    reranker: Any = None  # a CrossEncoder when the artifact reranks the served top k
 
     @property
     def served(self) -> str:
@@ -651,7 +705,10 @@ class Deployment:
             weight = self.metadata["retriever"]["weight"]
             return f"{weight:g} x dense + {1 - weight:g} x BM25, each min-max scaled per query"
         names = {"bm25": "BM25", "hybrid": "reciprocal rank fusion of dense and BM25"}
-        return names.get(self.served) or self.index.score_name()
+        name = names.get(self.served) or self.index.score_name()
+        if rerank := self.metadata.get("retriever", {}).get("rerank"):
+            return f"reranker score (top {rerank['k']} of {name}, reordered by the cross-encoder)"
+        return name
 
     def run(self, queries: dict[str, str], k: int = 10) -> evaluate.Run:
         """The top `k` chunk ids and scores per query (query id → text), from the served retriever."""
@@ -661,7 +718,15 @@ class Deployment:
         emb = None if self.model is None else evaluate.encode(self.model, texts, batch_size=min(len(texts), 64))
         doc_ids = [c["_id"] for c in self.chunks]
         weight = self.metadata.get("retriever", {}).get("weight")
-        return served_run(self.served, self.index, self.bm25, doc_ids, queries, emb, weight, k)
+        rerank = self.metadata.get("retriever", {}).get("rerank")
+        if not rerank:
+            return served_run(self.served, self.index, self.bm25, doc_ids, queries, emb, weight, k)
+        from embtune_utils import rerank as reranking
+
+        run = served_run(self.served, self.index, self.bm25, doc_ids, queries, emb, weight, max(k, rerank["k"]))
+        chunks = {c["_id"]: c for c in self.chunks}
+        scores = reranking.candidate_scores(self.reranker, [run], queries, chunks, rerank["k"])
+        return {qid: ranked[:k] for qid, ranked in reranking.reorder(run, scores, rerank["k"]).items()}
 
     def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
         """The top `k` chunks for a query: rank, id, score, title, text."""
@@ -720,4 +785,12 @@ def load_artifact(folder: Path | str) -> Deployment:
         bm25 = (retriever, [c["_id"] for c in chunks])
         if retriever.scores["num_docs"] != len(chunks):
             raise DeployError(f"{folder}: {len(chunks)} chunks but a BM25 index of {retriever.scores['num_docs']}.")
-    return Deployment(model, index, chunks, metadata, bm25)
+    reranker = None
+    if rerank := metadata.get("retriever", {}).get("rerank"):
+        from embtune_utils import rerank as reranking
+
+        reranker_dir = (index_dir / rerank["model"]).resolve()
+        if not (reranker_dir / "config.json").is_file():
+            raise DeployError(f"{folder}: its reranker {reranker_dir.name}/ is missing; save the artifact again.")
+        reranker = reranking.load_reranker(str(reranker_dir), verbose=False)
+    return Deployment(model, index, chunks, metadata, bm25, reranker)

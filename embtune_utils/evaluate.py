@@ -350,6 +350,12 @@ def write_json(path: Path, obj: Any) -> Path:
     return config.write_text_atomic(path, json.dumps(obj, indent=2, default=plain) + "\n")
 
 
+def load_results(name: str, mode: str | None = None) -> dict[str, Any] | None:
+    """The record save_results wrote to results/<mode>/<name>.json (name, date, machine, results), or None."""
+    path = config.results_dir(mode) / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def save_results(name: str, results: dict[str, Any], mode: str | None = None) -> Path:
     """Write measured results to results/<mode>/<name>.json with the date and machine, for the README."""
     record = {"name": name, "date": date.today().isoformat(), "machine": config.describe(), "results": results}

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from embtune_utils import beyond, config, deploy, evaluate, synth
+from embtune_utils import beyond, config, deploy, evaluate, rerank, synth
 
 
 def check(name: str, test: Callable[[], Any]) -> bool:
@@ -235,6 +235,57 @@ def check_bootstrap_ci(fn: Callable[[np.ndarray, int, int], tuple[float, float, 
         assert fn(large, 2000, 0)[2] - fn(large, 2000, 0)[1] < fn(small, 2000, 0)[2] - fn(small, 2000, 0)[1]
 
     return check("bootstrap interval", test)
+
+
+# ---------------------------------------------------------------- 06b
+
+
+def _first_stage_runs(seed: int = config.SEED) -> list[dict[str, list[tuple[str, float]]]]:
+    """Two random first-stage runs over 15 documents for 5 questions, 10 deep each, best first."""
+    rng = random.Random(seed)
+    docs = [f"d{i:02d}" for i in range(15)]
+    return [{f"q{n}": [(d, 1.0 - r / 10) for r, d in enumerate(rng.sample(docs, 10))] for n in range(5)}
+            for _ in range(2)]  # fmt: skip
+
+
+def check_rerank_top_k(fn: Callable[[list[tuple[str, float]], dict[str, float], int], list[str]]) -> bool:
+    """06b · the top k of one question's list ordered by the reranker's scores (ties: doc id), the rest unchanged."""
+    rng = random.Random(config.SEED)
+    run = _first_stage_runs()[0]
+    scores = {q: {d: rng.choice((0.1, 0.5, 0.9, rng.random())) for d, _ in ranked} for q, ranked in run.items()}
+
+    def test() -> None:
+        for k in (1, 3, 10):
+            want = rerank.reorder(run, scores, k)
+            for q, ranked in run.items():
+                got = list(fn(ranked, scores[q], k))
+                expected = [d for d, _ in want[q]]
+                assert got == expected, f"k={k}, {q}: got {got}, expected {expected}"
+
+    return check("rerank the top k", test)
+
+
+def check_forward_passes(fn: Callable[[list[dict[str, list[tuple[str, float]]]], int], int]) -> bool:
+    """06b · the (question, chunk) pairs a reranker scores for several first stages at one depth: each pair once."""
+    runs = _first_stage_runs()
+
+    class Counting:
+        pairs = 0
+
+        def predict(self, pairs: list, **_: Any) -> list[float]:
+            Counting.pairs += len(pairs)
+            return [0.0] * len(pairs)
+
+    corpus = {d: {"text": d} for run in runs for ranked in run.values() for d, _ in ranked}
+
+    def test() -> None:
+        for depth in (1, 5, 10):
+            Counting.pairs = 0
+            rerank.candidate_scores(Counting(), runs, {q: q for q in runs[0]}, corpus, depth)
+            got = fn(runs, depth)
+            assert got == Counting.pairs, f"depth {depth}: got {got}, expected {Counting.pairs}"
+
+    return check("forward passes per depth", test)
 
 
 # ---------------------------------------------------------------- 07

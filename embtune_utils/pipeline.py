@@ -20,12 +20,15 @@ from typing import Any
 import numpy as np
 
 from embtune_utils import config, data, deploy, evaluate, negatives, synth, train
+from embtune_utils import rerank as reranking
 
-STAGES = ("load", "queries", "negatives", "train", "evaluate", "deploy", "report")
+STAGES = ("load", "queries", "negatives", "train", "rerank", "evaluate", "deploy", "report")
 TRAIN_QUERIES = ("synthetic", "real", "both")
 SCHEMA_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")  # metrics.json, per retriever
 RETRIEVERS = ("bm25", "base", "finetuned", "hybrid", "hybrid weighted")  # simplest first: ties go to the earlier
+RERANKED = {"bm25 + rerank": "bm25", "hybrid + rerank": "hybrid weighted"}  # --rerank: name -> its first stage
 SERVES = {"bm25": "bm25", "base": "dense", "finetuned": "dense"} | {h: h for h in ("hybrid", "hybrid weighted")}
+SERVES |= {name: SERVES[first] for name, first in RERANKED.items()}  # what the first stage of each serves
 DEV_SHARE = 0.2  # of the training queries held out for dev when the corpus has no dev qrels
 MAX_DEV_QUERIES = 200
 DEV_CORPUS_MAX = 500  # dev questions are searched among their passages plus a sample (early stopping only)
@@ -54,6 +57,11 @@ class RunConfig:
     batch_size: int | None = None
     seed: int = config.SEED
     hard_negatives: int = train.FINAL["hard_negatives"]
+    rerank: bool | None = None  # train a reranker and add RERANKED to the choice; None: on a GPU only
+
+    def reranks(self) -> bool:
+        """Whether this run trains a reranker: --rerank / --no-rerank, else only on a GPU (hours on a CPU corpus)."""
+        return config.detect_device() == "cuda" if self.rerank is None else self.rerank
 
     def check(self) -> None:
         """Reject flag values that cannot work, before any stage runs."""
@@ -83,6 +91,7 @@ class RunConfig:
                 "mode": self.mode,
                 "budget": (PAIRS_SEEN, MAX_EPOCHS, EVALUATIONS),
             },  # fmt: skip
+            "rerank": {"rerank": self.reranks(), "mode": self.mode, "recipe": self.reranks() and reranking.recipe()},
         }
         return by_stage.get(stage, {})
 
@@ -375,13 +384,48 @@ def train_stage(cfg: RunConfig, out: Path) -> tuple[dict[str, Any], str]:
     )
 
 
-# ---------------------------------------------------------------- stages 5-7: evaluate, deploy, report
+def rerank_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], str]:
+    """With --rerank (default on a GPU only): notebook 06b's reranker, trained on the run's training questions with
+    negatives mined by the base model, saved as out/reranker. A killed run trains it again from the start."""
+    if not cfg.reranks():
+        why = "--no-rerank" if cfg.rerank is False else "off on a CPU; pass --rerank to train one"
+        return {"enabled": False}, f"no reranker ({why})"
+    beir = data.load_beir(out / "dataset")
+    pairs = train.sample_rows(_read_pairs(out / "train_pairs.jsonl"), config.settings().rerank_questions, cfg.seed)
+    questions = reranking.questions_dataset(pairs, beir.corpus)
+    model, result = reranking.train_reranker(questions, base, beir.corpus, out / "reranker-run")
+    model.save(str(out / "reranker"))
+    result |= {"enabled": True, "questions": len(pairs)}
+    return result, f"reranker trained on {len(pairs)} questions ({result['loss']}) in {result['seconds']:.0f} s"
+
+
+# ---------------------------------------------------------------- stages 6-8: evaluate, deploy, report
 
 
 def choose(dev_ndcg: dict[str, float]) -> str:
-    """The retriever with the best dev NDCG@10; equal to three decimals, the simpler one (RETRIEVERS' order)."""
+    """The retriever with the best dev NDCG@10; equal to three decimals, the simpler one (RETRIEVERS' order, then
+    the reranked ones)."""
     best = max(round(v, 3) for v in dev_ndcg.values())
-    return next(name for name in RETRIEVERS if name in dev_ndcg and round(dev_ndcg[name], 3) == best)
+    return next(name for name in (*RETRIEVERS, *RERANKED) if name in dev_ndcg and round(dev_ndcg[name], 3) == best)
+
+
+def add_reranked(out: Path, beir: data.Beir, runs: dict[str, dict[str, evaluate.Run]]) -> dict[str, int]:
+    """Add RERANKED's runs to each split's runs: out/reranker reorders each first stage's top k, k swept on dev
+    (the mode's rerank_depths); returns the chosen k per reranked retriever."""
+    model = reranking.load_reranker(str(out / "reranker"), verbose=False)
+    depths = config.settings().rerank_depths
+    dev_q = beir.split_queries("dev")
+    firsts = [runs["dev"][first] for first in RERANKED.values()]
+    scores = reranking.candidate_scores(model, firsts, dev_q, beir.corpus, max(depths))
+    best_k = {}
+    for name, first in RERANKED.items():
+        curve = reranking.sweep_depths(runs["dev"][first], scores, beir.qrels["dev"], depths)
+        best_k[name] = reranking.best_depth(curve)
+        runs["dev"][name] = reranking.reorder(runs["dev"][first], scores, best_k[name])
+        test_q = beir.split_queries("test")
+        test_scores = reranking.candidate_scores(model, [runs["test"][first]], test_q, beir.corpus, best_k[name])
+        runs["test"][name] = reranking.reorder(runs["test"][first], test_scores, best_k[name])
+    return best_k
 
 
 def split_runs(beir: data.Beir, split: str, bm25: Any, docs: dict[str, np.ndarray], models: dict[str, Any]) -> dict:
@@ -415,10 +459,12 @@ def evaluate_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any]
     for split_run in runs.values():
         fused = {"hybrid": None, "hybrid weighted": weight}
         split_run |= {h: deploy.fuse(h, split_run["finetuned"], split_run["bm25"], w) for h, w in fused.items()}
-    dev = {n: evaluate.evaluate_run(runs["dev"][n], beir.qrels["dev"], ("ndcg@10",))["ndcg@10"] for n in RETRIEVERS}
+    rerank_k = add_reranked(out, beir, runs) if cfg.reranks() else {}
+    names = (*RETRIEVERS, *rerank_k)
+    dev = {n: evaluate.evaluate_run(runs["dev"][n], beir.qrels["dev"], ("ndcg@10",))["ndcg@10"] for n in names}
     chosen = choose(dev)  # decided before any test score is computed below
     qrels = beir.qrels["test"]
-    per_query = {name: evaluate.per_query_metrics(runs["test"][name], qrels) for name in RETRIEVERS}
+    per_query = {name: evaluate.per_query_metrics(runs["test"][name], qrels) for name in names}
     with_ci = {name: evaluate.metrics_with_ci(pq) for name, pq in per_query.items()}
 
     def ndcg(name: str) -> np.ndarray:
@@ -426,13 +472,16 @@ def evaluate_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any]
 
     paired = {f"finetuned-{b}": evaluate.paired_test(ndcg("finetuned"), ndcg(b)) for b in ("base", "bm25")}
     paired |= {f"{n}-bm25": evaluate.paired_test(ndcg(n), ndcg("bm25")) for n in ("hybrid", "hybrid weighted")}
+    paired |= {f"{n}-bm25": evaluate.paired_test(ndcg(n), ndcg("bm25")) for n in rerank_k}
     metrics = {
-        "test": {name: {m: with_ci[name][m][0] for m in SCHEMA_METRICS} for name in RETRIEVERS},
+        "test": {name: {m: with_ci[name][m][0] for m in SCHEMA_METRICS} for name in names},
         "ci95": {label: [paired[label]["lo"], paired[label]["hi"]] for label in ("finetuned-base", "finetuned-bm25")},
         "n_test_queries": len(qrels),
         "chosen": chosen,
         "dev": {"ndcg@10": dev, "n_queries": len(beir.qrels["dev"]), "fusion_weight": weight},
     }
+    if rerank_k:
+        metrics["dev"]["rerank_k"] = rerank_k
     evaluate.write_json(out / "metrics.json", metrics)
     details = {"test_ci": {n: {m: list(v[1:]) for m, v in ci.items()} for n, ci in with_ci.items()}, "paired": paired}
     details["bm25_test"] = {q: per_query["bm25"][q]["ndcg@10"] for q in qrels}  # the deploy stage's paired test
@@ -442,9 +491,9 @@ def evaluate_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any]
     details["finetuned_behind_bm25"] = {"queries": len(behind)} | {k: kinds.count(k) for k in evaluate.FAILURE_KINDS}
     evaluate.write_json(out / "eval_details.json", details)
     t = metrics["test"]
-    line = ", ".join(f"{name} {t[name]['ndcg@10']:.3f}" for name in RETRIEVERS)
+    line = ", ".join(f"{name} {t[name]['ndcg@10']:.3f}" for name in names)
     dev_line = ", ".join(f"{name} {v:.3f}" for name, v in dev.items())
-    result = {"ndcg@10": {n: t[n]["ndcg@10"] for n in RETRIEVERS}, "chosen": chosen, "dev": dev, "weight": weight}
+    result = {"ndcg@10": {n: t[n]["ndcg@10"] for n in names}, "chosen": chosen, "dev": dev, "weight": weight}
     return result, f"dev NDCG@10: {dev_line} → {chosen}; test ({len(qrels)} queries): {line}"
 
 
@@ -458,12 +507,13 @@ def deploy_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], 
     metrics = json.loads((out / "metrics.json").read_text())
     chosen, weight = metrics["chosen"], metrics["dev"]["fusion_weight"]
     served = SERVES[chosen]
+    rerank = {"model": "../reranker", "k": metrics["dev"]["rerank_k"][chosen]} if chosen in RERANKED else None
     doc_ids = list(beir.corpus)
     bm25 = evaluate.bm25_index(beir.corpus)
     rows: dict[str, list[dict[str, Any]]] = {}
     if served == "bm25":
         pick = {"config": "bm25", "spec": {}}
-        deploy.save_index(out, beir.corpus, None, {}, {"config": "bm25"}, served="bm25")
+        deploy.save_index(out, beir.corpus, None, {}, {"config": "bm25"}, served="bm25", rerank=rerank)
     else:
         model_dir = "base_model" if chosen == "base" else "model"
         if chosen == "base":
@@ -486,7 +536,7 @@ def deploy_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], 
         spec = pick["spec"]
         index = deploy.build_index(docs, spec["kind"], spec["rescore"], **spec["params"])
         quality = {"config": pick["config"], "dev ndcg@10": pick["ndcg@10"]}
-        deploy.save_index(out, beir.corpus, index, spec, quality, served, weight, model=model_dir)
+        deploy.save_index(out, beir.corpus, index, spec, quality, served, weight, model=model_dir, rerank=rerank)
     deployed = deploy.load_artifact(out)  # what `embtune search --artifact out` serves
     scores = {}
     for split in ("dev", "test"):
@@ -518,10 +568,11 @@ def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) 
     details = json.loads((out / "eval_details.json").read_text())
     load, queries, trained = (records[s]["result"] for s in ("load", "queries", "train"))
     dep = records["deploy"]["result"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    values = [metrics["test"][n]["ndcg@10"] for n in RETRIEVERS]
-    spans = [details["test_ci"][n]["ndcg@10"] for n in RETRIEVERS]
-    ax.bar(RETRIEVERS, values, yerr=np.array([[v - lo, hi - v] for v, (lo, hi) in zip(values, spans)]).T, capsize=4)
+    names = list(metrics["test"])  # RETRIEVERS, then RERANKED with --rerank
+    fig, ax = plt.subplots(figsize=(6 + len(names) - len(RETRIEVERS), 3.5))
+    values = [metrics["test"][n]["ndcg@10"] for n in names]
+    spans = [details["test_ci"][n]["ndcg@10"] for n in names]
+    ax.bar(names, values, yerr=np.array([[v - lo, hi - v] for v, (lo, hi) in zip(values, spans)]).T, capsize=4)
     ax.set(ylabel="test NDCG@10 (95% CI)", title=f"{metrics['n_test_queries']} test queries")
     fig.tight_layout()
     fig.savefig(out / "ndcg.png", dpi=120)
@@ -556,12 +607,14 @@ def report_stage(cfg: RunConfig, out: Path, records: dict[str, dict[str, Any]]) 
         f"{DEV_CORPUS_MAX}-passage dev sample), {trained['seconds']:.0f} s.",
         "",
         f"**The choice, on the {metrics['dev']['n_queries']} dev questions** (whole corpus; the weighted hybrid's "
-        f"dense weight {metrics['dev']['fusion_weight']:g} was tuned on them too), then test, scored once:",
+        f"dense weight {metrics['dev']['fusion_weight']:g} was tuned on them too"
+        + (f"; the reranker's k too: {metrics['dev']['rerank_k']}" if "rerank_k" in metrics["dev"] else "")
+        + "), then test, scored once:",
         "",
         "| retriever | dev NDCG@10 | test " + " | test ".join(SCHEMA_METRICS) + " |",
         "|---|---|" + "---|" * len(SCHEMA_METRICS),
     ]
-    for name in RETRIEVERS:
+    for name in names:
         lo, hi = details["test_ci"][name]["ndcg@10"]
         cells = [f"{t[name]['ndcg@10']:.3f} [{lo:.3f}, {hi:.3f}]"] + [f"{t[name][m]:.3f}" for m in SCHEMA_METRICS[1:]]
         label = f"**{name}** (chosen)" if name == metrics["chosen"] else name
@@ -651,6 +704,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "queries": lambda: queries_stage(cfg, out, base, kind["kind"]),
         "negatives": lambda: negatives_stage(cfg, out, base),
         "train": lambda: train_stage(cfg, out),
+        "rerank": lambda: rerank_stage(cfg, out, base),
         "evaluate": lambda: evaluate_stage(cfg, out, base),
         "deploy": lambda: deploy_stage(cfg, out, base),
         "report": lambda: report_stage(cfg, out, records),

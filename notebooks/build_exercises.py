@@ -228,6 +228,34 @@ SHEETS = (
         ),
     ),
     Sheet(
+        "06b_reranking",
+        "A fine-tuned reranker",
+        "from embtune_utils import exercises",
+        (
+            Exercise(
+                "Rerank the top k",
+                "Write `rerank_top_k(ranked, scores, k)`: `ranked` is one question's first-stage list "
+                "`[(doc_id, score), ...]` best first, `scores` the reranker's score of each of its top `k` "
+                "documents. Return the document ids: the top `k` ordered by the reranker's score, highest first "
+                "(equal scores: the smaller doc id first), then the rest of `ranked` in its own order.",
+                "def rerank_top_k(ranked, scores, k):\n{body}",
+                "    head = sorted((doc for doc, _ in ranked[:k]), key=lambda doc: (-scores[doc], doc))\n"
+                "    return head + [doc for doc, _ in ranked[k:]]",
+                "exercises.check_rerank_top_k(rerank_top_k)",
+            ),
+            Exercise(
+                "Forward passes",
+                "A cross-encoder needs one forward pass per (question, chunk) pair. Write `forward_passes(runs, "
+                "depth)`: `runs` is a list of first-stage runs `{question_id: [(doc_id, score), ...]}` over the same "
+                "questions; return how many pairs must be scored to rerank the top `depth` of every run, each pair "
+                "scored once (a chunk in the top of two runs is scored once).",
+                "def forward_passes(runs, depth):\n{body}",
+                "    return sum(len({doc for run in runs for doc, _ in run[q][:depth]}) for q in runs[0])",
+                "exercises.check_forward_passes(forward_passes)",
+            ),
+        ),
+    ),
+    Sheet(
         "07_quantized_deployment",
         "Quantized deployment",
         "import numpy as np\n\nfrom embtune_utils import exercises",

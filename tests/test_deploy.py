@@ -239,7 +239,7 @@ def test_onnx_int8_export_loads_by_file_name_and_keeps_the_embeddings(tmp_path, 
 
 
 def test_sigkill_while_saving_never_leaves_a_broken_artifact(tmp_path, saved_model):
-    """A process saving artifacts in a loop is SIGKILLed at 12 moments; every load afterwards gets a whole artifact
+    """A process saving artifacts in a loop is SIGKILLed at 8 moments; every load afterwards gets a whole artifact
     (checksums verified, chunks = vectors) or, before the first save finished, a clear DeployError."""
     folder = tmp_path / "deploy"
     script = textwrap.dedent(f"""
@@ -255,7 +255,7 @@ def test_sigkill_while_saving_never_leaves_a_broken_artifact(tmp_path, saved_mod
     """)
     rng = np.random.default_rng(0)
     loaded = 0
-    for _ in range(12):
+    for _ in range(8):
         shutil.rmtree(tmp_path / "deploy.tmp", ignore_errors=True)  # what the last killed save left
         proc = subprocess.Popen([sys.executable, "-c", script])
         while not (tmp_path / "deploy.tmp").exists():  # wait for a save to begin (after start-up)
@@ -271,7 +271,7 @@ def test_sigkill_while_saving_never_leaves_a_broken_artifact(tmp_path, saved_mod
             continue
         assert len(deployed.chunks) == deployed.index.ntotal == 2000
         loaded += 1
-    assert loaded >= 6
+    assert loaded >= 4
 
 
 @pytest.mark.parametrize("served", ["hybrid", "hybrid weighted"])

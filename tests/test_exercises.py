@@ -67,7 +67,7 @@ def test_wrong_prediction_fails_with_the_measurement():
 
 def test_every_course_notebook_has_exercises_and_solutions():
     builder = _builder()
-    course_stems = sorted(p.stem for p in (config.repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    course_stems = sorted(p.stem for p in (config.repo_root() / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
     assert sorted(s.notebook for s in builder.SHEETS) == course_stems
     assert all(2 <= len(s.exercises) <= 3 for s in builder.SHEETS)
 

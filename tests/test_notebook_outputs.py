@@ -13,13 +13,13 @@ from nbformat.v4 import new_code_cell, new_notebook
 from embtune_utils import course
 
 ROOT = Path(__file__).resolve().parents[1]
-COURSE = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+COURSE = sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 SHEETS = sorted((ROOT / "notebooks").glob("exercises/*.ipynb")) + sorted((ROOT / "notebooks").glob("solutions/*.ipynb"))
 ELSEWHERE = sorted((ROOT / course.GPU_NOTEBOOKS).glob("*.ipynb"))
 
 
-def test_there_are_eight_course_notebooks():
-    assert [p.name[:2] for p in COURSE] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+def test_there_are_nine_course_notebooks_in_order():
+    assert [p.name.split("_")[0] for p in COURSE] == ["01", "02", "03", "04", "05", "06", "06b", "07", "08"]
 
 
 @pytest.mark.parametrize("path", COURSE, ids=lambda p: str(p.relative_to(ROOT)))

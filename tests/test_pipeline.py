@@ -25,11 +25,13 @@ def beir_folder(tmp_path, tiny_beir):
     return data.write_beir(tiny_beir, tmp_path / "beir")
 
 
-def check_metrics(path: Path) -> dict:
+def check_metrics(path: Path, reranked: bool = False) -> dict:
     """metrics.json has the shape other tools read (see the issue and the README)."""
     metrics = json.loads(path.read_text())
     assert set(metrics) == {"test", "ci95", "n_test_queries", "chosen", "dev", "deployed"}
-    assert set(metrics["test"]) == {"bm25", "base", "finetuned", "hybrid", "hybrid weighted"}
+    names = {"bm25", "base", "finetuned", "hybrid", "hybrid weighted"} | (set(pipeline.RERANKED) if reranked else set())
+    assert set(metrics["test"]) == names
+    assert ("rerank_k" in metrics["dev"]) == reranked
     assert metrics["chosen"] in metrics["test"] and metrics["deployed"]["retriever"] == metrics["chosen"]
     dev = metrics["dev"]["ndcg@10"]
     assert set(dev) == set(metrics["test"]) and pipeline.choose(dev) == metrics["chosen"]  # chosen on dev
@@ -48,8 +50,12 @@ def check_metrics(path: Path) -> dict:
 def test_run_on_a_beir_folder_then_rerun_skips_every_stage(beir_folder, tmp_path, capsys, tiny_beir):
     out = tmp_path / "out"
     args = ["run", "--corpus", str(beir_folder), "--out", str(out), "--mode", "fast", "--train-queries", "real"]
+    args += ["--rerank"]  # the reranker stage and the two reranked candidates too
     assert cli.main([*args, "--epochs", "1"]) == 0  # one pass: the sized budget is tested in test_choice.py
-    metrics = check_metrics(out / "metrics.json")
+    metrics = check_metrics(out / "metrics.json", reranked=True)
+    assert (out / "reranker" / "config.json").is_file() and "bm25 + rerank" in (out / "report.md").read_text()
+    served = json.loads((out / "index" / "metadata.json").read_text())["retriever"]
+    assert (served["rerank"] is not None) == (metrics["chosen"] in pipeline.RERANKED)  # the artifact serves the choice
     assert metrics["n_test_queries"] == len(tiny_beir.qrels["test"])
     report = (out / "report.md").read_text()
     assert "labelled (qrels/test.tsv)" in report and "| finetuned |" in report and (out / "ndcg.png").is_file()

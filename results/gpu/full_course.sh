@@ -17,6 +17,7 @@
 #                             print a table of torch's peak allocated memory per notebook and pack the executed
 #                             notebooks, results/full, the log and the table into $OUT/full_course.tgz
 #   rerun MODE NB..           run the notebooks named in the foreground (after a fix); packs like poll
+#   table [MODE] [LIMIT_S]    after start/poll on the same machine: benchmarks/reranker_table.py in full mode (issue 23)
 #   bench [ARGS..]            benchmarks/train_throughput.py at batch 512 (ARGS passed on; after recv)
 #   multigpu [ROUNDS] [BUDGET_S]  the training script under torchrun in full mode with --score-test: 1 GPU, 2 GPUs
 #                             gathered, 2 GPUs not gathered, ROUNDS times (default 1; a round starts only while
@@ -189,6 +190,11 @@ case "${1:-}" in
     python3 -m embtune_utils.course run --mode full "$@" 2>&1 | grep -v 'Kernel is running over TCP' | tee rerun.log || true
     summary "$(env | grep '^EMBTUNE_' | sort | tr '\n' ' ')" | tee summary.md
     tar czf "$OUT/rerun.tgz" "$@" results/full rerun.log summary.md
+    ;;
+  table)  # after start/poll, on the same machine: issue 23's reranker table (benchmarks/reranker_table.py), full mode
+    mode_env "${2:-t4}" && cd "$COURSE" && export PYTHONPATH=/tmp/site:$COURSE
+    timeout "${3:-540}" python3 benchmarks/reranker_table.py 2>&1 | grep -v 'Kernel is running over TCP' | tee reranker_table.log || true
+    tar czf "$OUT/reranker_table.tgz" results/full/reranker_table.json reranker_table.log
     ;;
   bench)  # needs the wheels and the MiniLM weights (.dev1 and .dev2): e.g. `recv && ... bench` in the .dev2 call
     export PYTHONPATH=/tmp/site:$PWD && shift
