@@ -71,8 +71,8 @@ def parser() -> argparse.ArgumentParser:
         "batch_size": "pairs per batch (default: sized to the number of pairs, pipeline.training_budget)",
         "seed": f"seed for splits, sampling and training (default: {config.SEED})",
         "hard_negatives": "mined hard negatives per pair (default 0: in-batch negatives only, the course's recipe)",
-        "rerank": "train a cross-encoder reranker (notebook 06b) and add 'bm25 + rerank' and 'hybrid + rerank' to "
-        "the retrievers chosen among on dev (default: on a GPU only; a CPU trains it at the mode's budget)",
+        "rerank": "train a cross-encoder reranker (notebook 06b) and add 'bm25 + rerank' and 'hybrid weighted + "
+        "rerank' to the retrievers chosen among on dev (default: on a GPU only; a CPU trains it at the mode's budget)",
     }
     r.add_argument("--corpus", required=True, help=helps["corpus"])
     r.add_argument("--out", required=True, help=helps["out"])

@@ -26,6 +26,7 @@ README_BEYOND = ("<!-- beyond:start -->", "<!-- beyond:end -->")
 README_GPU_RESULTS = ("<!-- gpu-results:start -->", "<!-- gpu-results:end -->")
 README_WORKSHOP_TIMES = ("<!-- workshop-times:start -->", "<!-- workshop-times:end -->")
 README_AGENDAS = ("<!-- agendas:start -->", "<!-- agendas:end -->")
+README_RERANK = ("<!-- rerank:start -->", "<!-- rerank:end -->")
 GPU_NOTEBOOKS = Path("results/gpu/full_course")  # the notebooks as executed in full mode on a GPU (device run)
 
 
@@ -329,7 +330,8 @@ def run_all(paths: list[Path], mode: str) -> int:
 
 def time_notebooks(paths: list[Path], mode: str) -> Path:
     """Run copies of the notebooks (outputs are not written back) and save their wall times to
-    results/timings/<mode>.json: how fast mode is timed for the workshop guide without touching committed outputs."""
+    results/timings/<mode>.json, beside the timings kept there of notebooks not run now (each entry has its date):
+    how fast mode is timed for the workshop guide without touching committed outputs."""
     import tempfile
 
     import nbformat
@@ -346,9 +348,12 @@ def time_notebooks(paths: list[Path], mode: str) -> Path:
             timings[path.name] = {"wall_s": round(seconds, 1), "ok": ok, **memory, "commit": meta["commit"]}
             timings[path.name] |= {"error": error} if error else {}
             timings[path.name]["code_sha256"] = meta["code_sha256"]  # which code these times belong to
-    record = {"mode": mode, "date": date.today().isoformat(), "device": info["device"], "cpu_count": info["cpu_count"]}
-    record["notebooks"] = timings
     path = config.repo_root() / "results" / "timings" / f"{mode}.json"
+    kept = json.loads(path.read_text()).get("notebooks", {}) if path.is_file() else {}  # other notebooks' timings
+    for entry in timings.values():
+        entry["date"] = date.today().isoformat()
+    record = {"mode": mode, "date": date.today().isoformat(), "device": info["device"], "cpu_count": info["cpu_count"]}
+    record["notebooks"] = dict(sorted((kept | timings).items()))  # this run's timings replace older ones
     return config.write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
@@ -422,7 +427,7 @@ def _fast_timings() -> dict:
 
 def headline(stem: str, mode: str = "default") -> str | None:
     """The headline sentence a notebook saved with its results (results/<mode>/<NN>_*.json), if any."""
-    for path in sorted((config.repo_root() / "results" / mode).glob(f"{stem[:2]}_*.json")):
+    for path in sorted((config.repo_root() / "results" / mode).glob(f"{stem.split('_')[0]}_*.json")):
         text = json.loads(path.read_text())["results"].get("headline")
         if text:
             return text
@@ -501,13 +506,16 @@ def results_table(mode: str = "default") -> str:
     """A Markdown table of the test metrics saved under results/<mode>/: each retriever from the last notebook that
     scored it (notebook 06 supersedes 01), with the 95% bootstrap interval of NDCG@10 where one was saved."""
     latest: dict[str, tuple[dict[str, float], list[float] | None, str]] = {}
+    number: dict[str, int] = {}  # the notebook number that scored each retriever; 06b does not supersede 06
     for path in sorted((config.repo_root() / "results" / mode).glob("*.json")):
         record = json.loads(path.read_text())
+        n = int(path.name[:2]) if path.name[:2].isdigit() else 0
         m = record["machine"]
         where = f"{record['name']}, {m.get('gpu', m['device'])} ({m['cpu_count']} cores), {mode} mode, {record['date']}"
         cis = record["results"].get("test_ci", {})
         for name, metrics in record["results"].get("test", {}).items():
-            latest[name] = (metrics, cis.get(name, {}).get("ndcg@10"), where)
+            if n > number.get(name, -1):
+                latest[name], number[name] = (metrics, cis.get(name, {}).get("ndcg@10"), where), n
     rows = [
         "| retriever | NDCG@10 [95% CI] | MRR@10 | Recall@10 | Recall@100 | where measured |",
         "|---|---|---|---|---|---|",
@@ -548,6 +556,35 @@ def deployment_table(mode: str = "default") -> str:
     rows += ["", f"Recommended by the notebook's rule (>= 99% of the reference, then the smallest index): "
              f"**{pick['quality']['config']}**, NDCG@10 {pick['quality']['ndcg@10']:.3f}."]  # fmt: skip
     return "\n".join(rows)
+
+
+def _budget_text(budget: dict) -> str:
+    """A reranker table's training budget in words."""
+    questions = "every training question" if budget["questions"] is None else f"{budget['questions']} questions"
+    return (f"{questions}, {budget['epochs']} epoch(s), {budget['negatives']} mined negatives each, "
+            f"{budget['max_length']} word pieces, k from {budget['depths']}")  # fmt: skip
+
+
+def rerank_tables() -> str:
+    """Issue 23's reranker table per mode from results/<mode>/reranker_table.json (benchmarks/reranker_table.py),
+    full (GPU) first, then default (CPU); each says where, when and at what budget it ran."""
+    from embtune_utils import rerank
+
+    parts = []
+    for mode in ("full", "default"):
+        path = config.repo_root() / "results" / mode / "reranker_table.json"
+        if not path.is_file():
+            parts.append(f"{mode} mode: not measured yet (`EMBTUNE_MODE={mode} python benchmarks/reranker_table.py`).")
+            continue
+        record = json.loads(path.read_text())
+        m, r = record["machine"], record["results"]
+        where = m.get("gpu", m["device"]) + (f", {m['precision']}" if m.get("gpu") else f" ({m['cpu_count']} cores)")
+        cap = f", memory capped at {m['gpu_memory_cap']}" if m.get("gpu_memory_cap") else ""
+        parts.append(
+            f"**{mode} mode**, {where}{cap}, {record['date']}: {_budget_text(r['budget'])}; {r['n_dev_queries']} dev "
+            f"and {r['n_test_queries']} test questions; k chosen on dev.\n\n{rerank.table_markdown(r)}"
+        )
+    return "\n\n".join(parts)
 
 
 def beyond_table(mode: str = "default") -> str:
@@ -688,6 +725,7 @@ def update_readme(paths: list[Path] | None = None) -> None:
     text = _replace_between(text, README_RESULTS, results_table())
     text = _replace_between(text, README_DEPLOY, deployment_table())
     text = _replace_between(text, README_BEYOND, beyond_table())
+    text = _replace_between(text, README_RERANK, rerank_tables())
     text = _replace_between(text, README_HEADLINES, headlines_list())
     gpu_notebooks = sorted((root / GPU_NOTEBOOKS).glob("[0-9][0-9]*_*.ipynb"))
     text = _replace_between(text, README_GPU_TIMES, gpu_times_table(gpu_notebooks))

@@ -575,6 +575,10 @@ def _write_index(
         for doc_id, doc in corpus.items():
             f.write(json.dumps({"_id": doc_id, "title": doc.get("title", ""), "text": doc["text"]}) + "\n")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if rerank is not None:  # the reranker's files are checked on load like index/'s
+        reranker_dir = Path(os.path.normpath(folder.parent / Path(rerank["model"]).name))
+        rerank = rerank | {"sha256": {p.relative_to(reranker_dir).as_posix(): sha256(p)
+                                      for p in sorted(reranker_dir.rglob("*")) if p.is_file()}}  # fmt: skip
     metadata = {
         "format": ARTIFACT_FORMAT,
         "retriever": {"served": served, "weight": weight, "depth": FUSION_DEPTH, "rerank": rerank},
@@ -620,7 +624,7 @@ def _check_files(index_dir: Path, expected: dict[str, str]) -> None:
             raise DeployError(f"{path} {why} (a damaged or half-copied artifact): save the artifact again.")
 
 
-def _swap_in(tmp: Path, folder: Path) -> Path:
+def swap_in(tmp: Path, folder: Path) -> Path:
     """Replace `folder` by the finished `tmp` folder (two renames), leaving the old one whole until the last step."""
     if (whole := _whole(folder)) != folder:  # a save killed between its two renames: `.old` is the whole one
         whole.replace(folder)
@@ -655,7 +659,7 @@ def save_artifact(
     shutil.copytree(model_dir, tmp / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
     onnx_name = None if onnx_file is None else Path(onnx_file).relative_to(model_dir).as_posix()
     _write_index(tmp / "index", onnx_name, corpus, index, params, quality, served, weight)
-    return _swap_in(tmp, folder)
+    return swap_in(tmp, folder)
 
 
 def save_index(
@@ -679,7 +683,7 @@ def save_index(
     tmp = target.with_name("index.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _write_index(tmp, None, corpus, index, params, quality, served, weight, model=f"../{model}", rerank=rerank)
-    return _swap_in(tmp, target)
+    return swap_in(tmp, target)
 
 
 @dataclass
@@ -701,10 +705,10 @@ class Deployment:
 
     def score_name(self) -> str:
         """What the printed scores are."""
+        names = {"bm25": "BM25", "hybrid": "reciprocal rank fusion of dense and BM25"}
         if self.served == "hybrid weighted":
             weight = self.metadata["retriever"]["weight"]
-            return f"{weight:g} x dense + {1 - weight:g} x BM25, each min-max scaled per query"
-        names = {"bm25": "BM25", "hybrid": "reciprocal rank fusion of dense and BM25"}
+            names["hybrid weighted"] = f"{weight:g} x dense + {1 - weight:g} x BM25, each min-max scaled per query"
         name = names.get(self.served) or self.index.score_name()
         if rerank := self.metadata.get("retriever", {}).get("rerank"):
             return f"reranker score (top {rerank['k']} of {name}, reordered by the cross-encoder)"
@@ -791,6 +795,8 @@ def load_artifact(folder: Path | str) -> Deployment:
 
         reranker_dir = (index_dir / rerank["model"]).resolve()
         if not (reranker_dir / "config.json").is_file():
-            raise DeployError(f"{folder}: its reranker {reranker_dir.name}/ is missing; save the artifact again.")
+            raise DeployError(f"{folder}: its reranker {reranker_dir.name}/ is missing; re-run `embtune run` with the "
+                              f"same --out, or copy {reranker_dir.name}/ back beside index/.")  # fmt: skip
+        _check_files(reranker_dir, rerank.get("sha256", {}))
         reranker = reranking.load_reranker(str(reranker_dir), verbose=False)
     return Deployment(model, index, chunks, metadata, bm25, reranker)

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from embtune_utils import beyond, config, deploy, evaluate, rerank, synth
+# Light modules only: beyond and rerank load torch, so the checks that need them import them.
+from embtune_utils import config, deploy, evaluate, synth
 
 
 def check(name: str, test: Callable[[], Any]) -> bool:
@@ -249,7 +250,10 @@ def _first_stage_runs(seed: int = config.SEED) -> list[dict[str, list[tuple[str,
 
 
 def check_rerank_top_k(fn: Callable[[list[tuple[str, float]], dict[str, float], int], list[str]]) -> bool:
-    """06b · the top k of one question's list ordered by the reranker's scores (ties: doc id), the rest unchanged."""
+    """06b · the top k of one question's list ordered by the reranker's scores (ties: first-stage order), the rest
+    unchanged."""
+    from embtune_utils import rerank
+
     rng = random.Random(config.SEED)
     run = _first_stage_runs()[0]
     scores = {q: {d: rng.choice((0.1, 0.5, 0.9, rng.random())) for d, _ in ranked} for q, ranked in run.items()}
@@ -267,6 +271,8 @@ def check_rerank_top_k(fn: Callable[[list[tuple[str, float]], dict[str, float], 
 
 def check_forward_passes(fn: Callable[[list[dict[str, list[tuple[str, float]]]], int], int]) -> bool:
     """06b · the (question, chunk) pairs a reranker scores for several first stages at one depth: each pair once."""
+    from embtune_utils import rerank
+
     runs = _first_stage_runs()
 
     class Counting:
@@ -325,6 +331,8 @@ def check_hamming(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
 
 def check_promote(fn: Callable[[dict[str, float], dict[str, float], dict[str, str], float], str]) -> bool:
     """08 · the promote-or-rollback rule: 'promote' only with an overall gain and no slice losing > tolerance."""
+    from embtune_utils import beyond
+
     rng = np.random.default_rng(config.SEED)
     qids = [f"q{i}" for i in range(30)]
     slices = {q: "old" if i < 15 else "new" for i, q in enumerate(qids)}

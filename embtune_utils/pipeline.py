@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ STAGES = ("load", "queries", "negatives", "train", "rerank", "evaluate", "deploy
 TRAIN_QUERIES = ("synthetic", "real", "both")
 SCHEMA_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")  # metrics.json, per retriever
 RETRIEVERS = ("bm25", "base", "finetuned", "hybrid", "hybrid weighted")  # simplest first: ties go to the earlier
-RERANKED = {"bm25 + rerank": "bm25", "hybrid + rerank": "hybrid weighted"}  # --rerank: name -> its first stage
+RERANKED = {"bm25 + rerank": "bm25", "hybrid weighted + rerank": "hybrid weighted"}  # --rerank: name -> its first stage
 SERVES = {"bm25": "bm25", "base": "dense", "finetuned": "dense"} | {h: h for h in ("hybrid", "hybrid weighted")}
 SERVES |= {name: SERVES[first] for name, first in RERANKED.items()}  # what the first stage of each serves
 DEV_SHARE = 0.2  # of the training queries held out for dev when the corpus has no dev qrels
@@ -393,8 +394,11 @@ def rerank_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], 
     beir = data.load_beir(out / "dataset")
     pairs = train.sample_rows(_read_pairs(out / "train_pairs.jsonl"), config.settings().rerank_questions, cfg.seed)
     questions = reranking.questions_dataset(pairs, beir.corpus)
-    model, result = reranking.train_reranker(questions, base, beir.corpus, out / "reranker-run")
-    model.save(str(out / "reranker"))
+    model, result = reranking.train_reranker(questions, base, beir.corpus, out / "reranker-run", seed=cfg.seed)
+    tmp = out / "reranker.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    deploy.swap_in(tmp, out / "reranker")  # a kill mid-save leaves the previous reranker whole
     result |= {"enabled": True, "questions": len(pairs)}
     return result, f"reranker trained on {len(pairs)} questions ({result['loss']}) in {result['seconds']:.0f} s"
 
@@ -422,9 +426,10 @@ def add_reranked(out: Path, beir: data.Beir, runs: dict[str, dict[str, evaluate.
         curve = reranking.sweep_depths(runs["dev"][first], scores, beir.qrels["dev"], depths)
         best_k[name] = reranking.best_depth(curve)
         runs["dev"][name] = reranking.reorder(runs["dev"][first], scores, best_k[name])
-        test_q = beir.split_queries("test")
-        test_scores = reranking.candidate_scores(model, [runs["test"][first]], test_q, beir.corpus, best_k[name])
-        runs["test"][name] = reranking.reorder(runs["test"][first], test_scores, best_k[name])
+    firsts = [runs["test"][first] for first in RERANKED.values()]
+    scores = reranking.candidate_scores(model, firsts, beir.split_queries("test"), beir.corpus, max(best_k.values()))
+    for name, first in RERANKED.items():
+        runs["test"][name] = reranking.reorder(runs["test"][first], scores, best_k[name])
     return best_k
 
 
@@ -536,6 +541,9 @@ def deploy_stage(cfg: RunConfig, out: Path, base: Any) -> tuple[dict[str, Any], 
         spec = pick["spec"]
         index = deploy.build_index(docs, spec["kind"], spec["rescore"], **spec["params"])
         quality = {"config": pick["config"], "dev ndcg@10": pick["ndcg@10"]}
+        if rerank:  # what is served: the compressed first stage, then the reranker
+            served_config = f"{pick['config']} + rerank top {rerank['k']}"
+            quality = {"config": served_config, "dev ndcg@10": metrics["dev"]["ndcg@10"][chosen]}
         deploy.save_index(out, beir.corpus, index, spec, quality, served, weight, model=model_dir, rerank=rerank)
     deployed = deploy.load_artifact(out)  # what `embtune search --artifact out` serves
     scores = {}

@@ -36,7 +36,7 @@ def load_reranker(name: str = config.BASE_MODEL, max_length: int | None = None, 
     from sentence_transformers.cross_encoder import CrossEncoder
 
     path, source = models.resolve_model(name)
-    if source != "local":  # a trained reranker keeps the max_length it was saved with
+    if not is_cross_encoder(Path(path)):  # a trained reranker keeps the max_length it was saved with
         max_length = max_length or config.settings().rerank_max_length
     config_kwargs = {"attention_probs_dropout_prob": models.ATTENTION_DROPOUT}
     # "Some weights ... newly initialized" (said in the notebook instead) and a tensor-parallel note about every layer
@@ -52,8 +52,17 @@ def load_reranker(name: str = config.BASE_MODEL, max_length: int | None = None, 
     if verbose:
         where = f" ({config.display_path(path)})" if source != "hub" else ""
         device, tokens = model.device, model.max_seq_length
-        print(f"Loaded {name} as a cross-encoder from {source}{where} on {device}, max {tokens} tokens")
+        shown = config.display_path(name) if source == "local" else name  # no absolute paths in outputs
+        print(f"Loaded {shown} as a cross-encoder from {source}{where} on {device}, max {tokens} tokens")
     return model
+
+
+def is_cross_encoder(folder: Path) -> bool:
+    """Whether a model folder holds a saved CrossEncoder (sentence-transformers writes its type beside it)."""
+    import json
+
+    meta = folder / "config_sentence_transformers.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("model_type") == "CrossEncoder"
 
 
 def recipe() -> dict[str, Any]:
@@ -61,7 +70,7 @@ def recipe() -> dict[str, Any]:
     s = config.settings()
     budget = {k: getattr(s, f"rerank_{k}") for k in ("questions", "negatives", "max_length", "batch_size", "epochs")}
     budget["learning_rate"] = s.rerank_learning_rate
-    return budget | {"loss": LOSSES[0], "in_batch": IN_BATCH_NEGATIVES, **MINING}
+    return budget | {"loss": s.rerank_loss, "in_batch": IN_BATCH_NEGATIVES, **MINING}
 
 
 def mining_args(num_negatives: int | None = None) -> dict[str, Any]:
@@ -144,19 +153,26 @@ def mine(dataset: Any, model: Any, corpus: dict[str, dict[str, Any]], loss_name:
 
 
 def train_reranker(
-    questions: Any, base: Any, corpus: dict[str, dict[str, Any]], output_dir: Path, loss_name: str = LOSSES[0]
+    questions: Any,
+    base: Any,
+    corpus: dict[str, dict[str, Any]],
+    output_dir: Path,
+    loss_name: str | None = None,
+    seed: int = config.SEED,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a reranker from config.BASE_MODEL's weights on `questions` (query, positive) with hard negatives mined
-    by `base` among `corpus`, with one of LOSSES: notebook 06b's cells, for `embtune run --rerank`.
-    Returns the model and {seconds, rows, loss}."""
+    by `base` among `corpus`, with one of LOSSES (default: the mode's rerank_loss, the one that won on dev in
+    notebook 06b's run of that mode): notebook 06b's cells, for `embtune run --rerank`. Returns the model and
+    {seconds, rows, loss}."""
     from sentence_transformers.cross_encoder import CrossEncoderTrainer
 
+    loss_name = loss_name or config.settings().rerank_loss
+    config.set_seed(seed)  # mine_hard_negatives samples with the global random generator
     rows = mine(questions, base, corpus, loss_name)
-    config.set_seed()
+    config.set_seed(seed)
     model = load_reranker(verbose=False)
-    trainer = CrossEncoderTrainer(
-        model=model, args=training_args(output_dir), train_dataset=rows, loss=make_loss(loss_name, model)
-    )
+    args = training_args(output_dir, **plumbing_args(seed))
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=rows, loss=make_loss(loss_name, model))
     train.quiet(trainer)
     started = time.perf_counter()
     trainer.train()
@@ -164,10 +180,11 @@ def train_reranker(
 
 
 def course_reranker(beir: data.Beir, base: Any) -> Any:
-    """Notebook 06b's saved reranker, or (if 06b has not run in this mode) one trained now with LOSSES[0] and saved."""
+    """Notebook 06b's saved reranker, or (if 06b has not run in this mode) one trained now with the mode's loss."""
     path = reranker_path()
     if not (path / "config.json").is_file():
-        print(f"No reranker at {config.display_path(path)}: training one with the {LOSSES[0]} loss (notebook 06b's)")
+        loss = config.settings().rerank_loss
+        print(f"No reranker at {config.display_path(path)}: training one with the {loss} loss (notebook 06b's)")
         model, _ = train_reranker(training_questions(beir, base), base, data.split_corpus(beir, "train"),
                                   config.artifacts_dir() / "reranker-runs" / "fallback")  # fmt: skip
         model.save(str(path))
@@ -181,7 +198,11 @@ def candidate_scores(
     pair is scored once, so every k up to `depth` and every first stage is reordered from the same scores."""
     pairs = [(qid, doc) for qid in queries for doc in dict.fromkeys(d for run in runs for d, _ in run[qid][:depth])]
     texts = [(queries[qid], corpus[doc]["text"]) for qid, doc in pairs]
-    scores = model.predict(texts, batch_size=config.settings().encode_batch_size, show_progress_bar=False)
+    import torch
+
+    logits = torch.nn.Identity()  # a sigmoid (predict's default here) would tie confident scores at 1.0
+    scores = model.predict(texts, batch_size=config.settings().encode_batch_size, show_progress_bar=False,
+                           activation_fn=logits)  # fmt: skip
     out: dict[str, dict[str, float]] = {qid: {} for qid in queries}
     for (qid, doc), score in zip(pairs, np.asarray(scores, dtype=float).tolist()):
         out[qid][doc] = score
@@ -189,15 +210,16 @@ def candidate_scores(
 
 
 def reorder(run: evaluate.Run, scores: dict[str, dict[str, float]], k: int) -> evaluate.Run:
-    """`run` with its top k of each question reordered by the reranker's scores; the rest keeps its place below them.
-    Reranked scores are shifted above the first stage's, so the list stays sorted by score."""
+    """`run` with its top k of each question reordered by the reranker's scores (equal scores keep the first stage's
+    order); the rest keeps its place below them. Reranked scores are shifted above the first stage's, so the list
+    stays sorted by score."""
     out = {}
     for qid, ranked in run.items():
         head, tail = ranked[:k], ranked[k:]
         missing = [doc for doc, _ in head if doc not in scores.get(qid, {})]
         if missing:
             raise RerankError(f"question {qid}: {len(missing)} of its top {k} were not scored: score a deeper top-k.")
-        top = sorted(((doc, scores[qid][doc]) for doc, _ in head), key=lambda item: (-item[1], item[0]))
+        top = sorted(((doc, scores[qid][doc]) for doc, _ in head), key=lambda item: -item[1])  # ties: first stage
         floor = min((s for _, s in top), default=0.0)
         shift = (max((s for _, s in tail), default=floor) - floor + 1.0) if tail else 0.0
         out[qid] = [(doc, s + shift) for doc, s in top] + tail
@@ -225,10 +247,26 @@ def latency_ms(
     model: Any, run: evaluate.Run, queries: dict[str, str], corpus: dict[str, dict[str, Any]], k: int, n: int = 20
 ) -> dict[str, float]:
     """Milliseconds to rerank one question's top k (one predict call per question, n questions): p50 and p95."""
+    import torch
+
     times = []
     for qid in list(queries)[:n]:
         texts = [(queries[qid], corpus[doc]["text"]) for doc, _ in run[qid][:k]]
         started = time.perf_counter()
-        model.predict(texts, batch_size=max(k, 1), show_progress_bar=False)
+        model.predict(texts, batch_size=max(k, 1), show_progress_bar=False, activation_fn=torch.nn.Identity())
         times.append((time.perf_counter() - started) * 1000)
     return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def table_markdown(record: dict[str, Any]) -> str:
+    """benchmarks/reranker_table.py's table as Markdown: one row per reranker, dev and test NDCG@10
+    with intervals, the paired difference to BM25 on test."""
+    lines = ["| reranker (from all-MiniLM-L6-v2, new 1-logit head) | k | dev NDCG@10 | test NDCG@10 | test Δ vs BM25 |"]
+    lines.append("|---|---|---|---|---|")
+    for name, row in record["table"].items():
+        dev, test, d = row["dev"], row["test"], row["minus_bm25"]
+        delta = "" if d is None else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        label = "BM25 alone" if name == "bm25" else name
+        lines.append(f"| {label} | {row['k'] or ''} | {dev[0]:.3f} [{dev[1]:.3f}, {dev[2]:.3f}] | "
+                     f"{test[0]:.3f} [{test[1]:.3f}, {test[2]:.3f}] | {delta} |")  # fmt: skip
+    return "\n".join(lines)

@@ -237,9 +237,9 @@ SHEETS = (
                 "Write `rerank_top_k(ranked, scores, k)`: `ranked` is one question's first-stage list "
                 "`[(doc_id, score), ...]` best first, `scores` the reranker's score of each of its top `k` "
                 "documents. Return the document ids: the top `k` ordered by the reranker's score, highest first "
-                "(equal scores: the smaller doc id first), then the rest of `ranked` in its own order.",
+                "(equal scores keep their first-stage order), then the rest of `ranked` in its own order.",
                 "def rerank_top_k(ranked, scores, k):\n{body}",
-                "    head = sorted((doc for doc, _ in ranked[:k]), key=lambda doc: (-scores[doc], doc))\n"
+                "    head = sorted((doc for doc, _ in ranked[:k]), key=lambda doc: -scores[doc])  # stable\n"
                 "    return head + [doc for doc, _ in ranked[k:]]",
                 "exercises.check_rerank_top_k(rerank_top_k)",
             ),

@@ -170,6 +170,9 @@ def test_time_runs_copies_and_saves_the_timings(home):
     assert record["mode"] == "fast" and record["device"] == "cpu"
     untouched = nbformat.read(path, as_version=4)
     assert not untouched.cells[0].outputs and "embtune" not in untouched.metadata  # the copy ran, not the file
+    other = make_notebook(home / "02_y.ipynb", "print('later')")
+    record = json.loads(course.time_notebooks([other], "fast").read_text())  # timing one keeps the others' times
+    assert set(record["notebooks"]) == {"01_x.ipynb", "02_y.ipynb"} and record["notebooks"]["02_y.ipynb"]["date"]
 
 
 def test_agendas_add_measured_run_minutes_to_the_plan(monkeypatch):

@@ -25,7 +25,7 @@ class CountingModel:
     def __init__(self) -> None:
         self.pairs: list[tuple[str, str]] = []
 
-    def predict(self, pairs, batch_size=32, show_progress_bar=False):
+    def predict(self, pairs, batch_size=32, show_progress_bar=False, activation_fn=None):
         self.pairs += [tuple(p) for p in pairs]
         return [float(len(p[1])) for p in pairs]
 
@@ -58,8 +58,9 @@ def test_candidate_scores_scores_each_pair_once_across_first_stages():
 
 def test_the_choice_includes_the_reranked_retrievers_after_the_others():
     assert pipeline.choose({"bm25": 0.5, "hybrid weighted": 0.55, "bm25 + rerank": 0.6}) == "bm25 + rerank"
-    assert pipeline.choose({"hybrid weighted": 0.6, "hybrid + rerank": 0.6001}) == "hybrid weighted"
-    assert pipeline.SERVES["hybrid + rerank"] == "hybrid weighted" and pipeline.SERVES["bm25 + rerank"] == "bm25"
+    assert pipeline.choose({"hybrid weighted": 0.6, "hybrid weighted + rerank": 0.6001}) == "hybrid weighted"
+    assert pipeline.SERVES["hybrid weighted + rerank"] == "hybrid weighted"
+    assert pipeline.SERVES["bm25 + rerank"] == "bm25"
 
 
 def test_rerank_flag_defaults_to_gpu_only(monkeypatch):
@@ -84,9 +85,14 @@ def test_a_reranked_bm25_artifact_serves_the_reranked_run(tmp_path, capsys):
     scores = rerank.candidate_scores(deployed.reranker, [first], queries, CORPUS, 3)
     expected = [d for d, _ in rerank.reorder(first, scores, 3)["q"]]
     assert [d for d, _ in deployed.run(queries, k=3)["q"]] == expected
-    assert json.loads((tmp_path / "index" / "metadata.json").read_text())["retriever"]["rerank"] == spec
+    saved = json.loads((tmp_path / "index" / "metadata.json").read_text())["retriever"]["rerank"]
+    assert {k: saved[k] for k in spec} == spec and "model.safetensors" in saved["sha256"]  # its files are checked
     assert cli.main(["search", queries["q"], "--artifact", str(tmp_path), "-k", "2"]) == 0
     assert "reranker score (top 3 of BM25" in capsys.readouterr().out
+    weights = tmp_path / "reranker" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # a half-copied reranker
+    with pytest.raises(deploy.DeployError, match="does not match the checksum"):
+        deploy.load_artifact(tmp_path)
     import shutil
 
     shutil.rmtree(tmp_path / "reranker")
@@ -102,8 +108,9 @@ def test_notebook_recipe_is_the_package_recipe():
     recipe = "\n".join(c.source for c in nb.cells if "recipe" in c.metadata.get("tags", []))
     for key, value in rerank.MINING.items():
         assert f"{key}={json.dumps(value)}" in recipe, f"notebook 06b mines with a different {key} than rerank.MINING"
-    for text in ("learning_rate=settings.rerank_learning_rate", "num_negatives=rerank.IN_BATCH_NEGATIVES", "warmup_ratio=0.1",
-                 "num_train_epochs=settings.rerank_epochs", "per_device_train_batch_size=settings.rerank_batch_size",
-                 "range_min=0", "use_faiss=True", "**rerank.plumbing_args()"):  # fmt: skip
+    expected = ["learning_rate=settings.rerank_learning_rate", "num_negatives=rerank.IN_BATCH_NEGATIVES"]
+    expected += ["warmup_ratio=0.1", "num_train_epochs=settings.rerank_epochs", "range_min=0", "use_faiss=True"]
+    expected += ["per_device_train_batch_size=settings.rerank_batch_size", "**rerank.plumbing_args()"]
+    for text in expected:
         assert text in recipe, f"notebook 06b's recipe lacks {text}"
     assert rerank.mining_args()["range_min"] == 0 and rerank.training_args(Path("x")).warmup_ratio == 0.1
