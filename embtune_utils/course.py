@@ -628,6 +628,7 @@ AGENDAS = {
         ("lunch", None, None, 60),
         ("training (fast live; the default outputs discussed), exercises", "05_training", "fast", 40),
         ("evaluation on test, exercises", "06_evaluation", "default", 30),
+        ("a fine-tuned reranker (fast live; the CPU and GPU outputs discussed)", "06b_reranking", "fast", 20),
         ("break", None, None, 15),
         ("deployment, exercises", "07_quantized_deployment", "default", 30),
         ("beyond the basics (fast live), exercises", "08_beyond", "fast", 30),
