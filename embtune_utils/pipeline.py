@@ -692,6 +692,16 @@ def _machine_line() -> str:
 # ---------------------------------------------------------------- the runner
 
 
+UPSTREAM = {"rerank": ("queries",), "evaluate": ("train", "rerank")}  # stages that do not follow the one before
+
+
+def upstream_key(stage: str, keys: dict[str, str]) -> str:
+    """What a stage's key is chained to: the previous stage's key, or those in UPSTREAM (the reranker reads only the
+    training questions, so a changed --epochs or --hard-negatives does not retrain it)."""
+    before = UPSTREAM.get(stage) or STAGES[max(0, STAGES.index(stage) - 1) : STAGES.index(stage)]
+    return "+".join(keys[s] for s in before)
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) every stage; returns the metrics. Stage records and run.json are written as it goes."""
     from embtune_utils import models
@@ -717,9 +727,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "deploy": lambda: deploy_stage(cfg, out, base),
         "report": lambda: report_stage(cfg, out, records),
     }
-    upstream = ""
+    keys: dict[str, str] = {}
     for name in STAGES:
-        key = _key(name, cfg.settings_of(name), upstream)
+        key = _key(name, cfg.settings_of(name), upstream_key(name, keys))
         path = out / "stages" / f"{name}.json"
         previous = json.loads(path.read_text()) if path.exists() else None
         if previous and previous["key"] == key:
@@ -735,7 +745,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             print(f"[{name}] {line} ({records[name]['seconds']:.1f} s)", flush=True)
         if name == "load":
             kind["kind"] = records[name]["result"]["kind"]
-        upstream = key
+        keys[name] = key
         _write_run_json(cfg, out, records, started)
     return json.loads((out / "metrics.json").read_text())
 

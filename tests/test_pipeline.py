@@ -70,6 +70,13 @@ def test_run_on_a_beir_folder_then_rerun_skips_every_stage(beir_folder, tmp_path
     assert printed.count("done earlier, skipped") == len(pipeline.STAGES), printed
 
 
+def test_the_reranker_is_keyed_on_the_training_questions_not_on_training():
+    keys = {stage: f"key-{stage}" for stage in pipeline.STAGES}
+    assert pipeline.upstream_key("rerank", keys) == "key-queries"  # --epochs etc. do not retrain the reranker
+    assert pipeline.upstream_key("evaluate", keys) == "key-train+key-rerank"  # either one re-runs evaluate
+    assert pipeline.upstream_key("deploy", keys) == "key-evaluate" and pipeline.upstream_key("load", {}) == ""
+
+
 def test_a_changed_setting_reruns_only_what_it_affects():
     a = pipeline.RunConfig(corpus="c", out="o")
     b = pipeline.RunConfig(corpus="c", out="o", epochs=3)
