@@ -236,6 +236,18 @@ def encode_speed(models: dict[str, Any], texts: list[str], repeat: int = 2) -> d
     return best
 
 
+def run_quality(run: evaluate.Run, qrels: evaluate.Qrels) -> tuple[np.ndarray, float, float]:
+    """NDCG@10 of each query of `qrels` (in its order: for paired tests) and the 95% bootstrap CI of their mean."""
+    ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
+    _, lo, hi = evaluate.bootstrap_ci(ndcg)
+    return ndcg, lo, hi
+
+
+def spec_index(doc_emb: np.ndarray, spec: dict[str, Any]) -> Index:
+    """The index a deployment-table row's spec describes, over `doc_emb` truncated to its dimensions."""
+    return build_index(truncate(doc_emb, spec["dim"]), spec["kind"], spec["rescore"], **spec["params"])
+
+
 def measure(
     model_name: str,
     doc_emb: np.ndarray,
@@ -253,8 +265,7 @@ def measure(
     index = build_index(truncate(doc_emb, dim), kind, rescore, **params)
     query_ids = list(qrels)
     run = search_run(index, doc_ids, query_ids, query_emb)
-    ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
-    _, lo, hi = evaluate.bootstrap_ci(ndcg)
+    ndcg, lo, hi = run_quality(run, qrels)
     return {
         "config": f"{model_name} {dim}d {index.label}",
         "model": model_name,
@@ -324,13 +335,12 @@ def measure_hybrid(
     """A row of the deployment table for BM25 fused with a dense row's configuration (`measure`'s row): quality,
     both indexes' bytes, and single-query latency of both searches plus the fusion (queries already embedded)."""
     spec = dense_row["spec"]
-    index = build_index(truncate(doc_emb, spec["dim"]), spec["kind"], spec["rescore"], **spec["params"])
+    index = spec_index(doc_emb, spec)
     doc_ids = bm25[1]
     query_ids = list(qrels)
     asked = {q: queries[q] for q in query_ids}
     run = served_run(served, index, bm25, doc_ids, asked, query_emb, weight)
-    ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
-    _, lo, hi = evaluate.bootstrap_ci(ndcg)
+    ndcg, lo, hi = run_quality(run, qrels)
     single = []
     for i, qid in enumerate(query_ids[:max_single]):
         start = time.perf_counter()
@@ -373,7 +383,7 @@ def measure_reranked(
     from embtune_utils import rerank
 
     spec = first_row["spec"]
-    index = build_index(truncate(doc_emb, spec["dim"]), spec["kind"], spec["rescore"], **spec["params"])
+    index = spec_index(doc_emb, spec)
     asked = {q: queries[q] for q in qrels}
     served, weight = spec.get("served", "dense"), spec.get("weight")
     first = served_run(served, index, bm25, bm25[1], asked, query_emb, weight, k=max(10, *depths))
@@ -383,8 +393,7 @@ def measure_reranked(
     rows = []
     for k in depths:
         run = rerank.reorder(first, scores, k)
-        ndcg = np.array([m["ndcg@10"] for m in evaluate.per_query_metrics(run, qrels, ("ndcg@10",)).values()])
-        _, lo, hi = evaluate.bootstrap_ci(ndcg)
+        ndcg, lo, hi = run_quality(run, qrels)
         latency = rerank.latency_ms(reranker, first, asked, corpus, k)
         rows.append({
             "config": f"{first_row['config']} + rerank top {k}",
@@ -574,11 +583,8 @@ def _write_index(
     with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
         for doc_id, doc in corpus.items():
             f.write(json.dumps({"_id": doc_id, "title": doc.get("title", ""), "text": doc["text"]}) + "\n")
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
     if rerank is not None:  # the reranker's files are checked on load like index/'s
-        reranker_dir = Path(os.path.normpath(folder.parent / Path(rerank["model"]).name))
-        rerank = rerank | {"sha256": {p.relative_to(reranker_dir).as_posix(): sha256(p)
-                                      for p in sorted(reranker_dir.rglob("*")) if p.is_file()}}  # fmt: skip
+        rerank = rerank | {"sha256": checksums(Path(os.path.normpath(folder.parent / Path(rerank["model"]).name)))}
     metadata = {
         "format": ARTIFACT_FORMAT,
         "retriever": {"served": served, "weight": weight, "depth": FUSION_DEPTH, "rerank": rerank},
@@ -591,7 +597,7 @@ def _write_index(
         "quality": quality,
         "created": date.today().isoformat(),
         "machine": config.describe(),
-        "sha256": {p.relative_to(folder).as_posix(): sha256(p) for p in files},  # load_artifact checks them
+        "sha256": checksums(folder),  # load_artifact checks them
     }
     if index is not None:
         metadata["index"]["oversample"] = index.oversample
@@ -607,6 +613,11 @@ def sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """The SHA-256 of every file under `folder`, by its path relative to it (what _check_files verifies)."""
+    return {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _whole(path: Path) -> Path:
