@@ -53,15 +53,15 @@ _SETTINGS = {
     # fast: a slice small enough for CI and live demos; claims are still asserted on real data.
     "fast": ModeSettings(
         "fast",
-        max_articles=35,
+        max_articles=24,
         max_test_queries=150,
         encode_batch_size=32,
         live_chunks=2,
         train_batch_size=8,  # Binder's 2 GB: a training step at 16 pairs x 256 tokens peaks near 2 GB with the rest
-        ablation_pairs=64,
+        ablation_pairs=32,
         memory_batch=12,
         compare_pairs=32,
-        beyond_pairs=32,
+        beyond_pairs=24,
         max_train_pairs=96,
         epochs=1,
         eval_steps=4,

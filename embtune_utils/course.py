@@ -346,6 +346,7 @@ def time_notebooks(paths: list[Path], mode: str) -> Path:
             meta = nbformat.read(copy, as_version=4).metadata["embtune"]
             memory = {k: meta[k] for k in ("peak_rss_mb", "cuda_peak_allocated_mb") if k in meta}
             timings[path.name] = {"wall_s": round(seconds, 1), "ok": ok, **memory, "commit": meta["commit"]}
+            timings[path.name] |= {"profile": meta["profile"]} if "profile" in meta else {}
             timings[path.name] |= {"error": error} if error else {}
             timings[path.name]["code_sha256"] = meta["code_sha256"]  # which code these times belong to
     path = config.repo_root() / "results" / "timings" / f"{mode}.json"

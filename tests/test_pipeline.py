@@ -47,11 +47,35 @@ def check_metrics(path: Path, reranked: bool = False) -> dict:
     return metrics
 
 
-def test_run_on_a_beir_folder_then_rerun_skips_every_stage(beir_folder, tmp_path, capsys, tiny_beir):
+def test_run_on_a_beir_folder_killed_mid_training_resumes_then_rerun_skips_every_stage(
+    beir_folder, tmp_path, capsys, tiny_beir
+):
+    """One end-to-end run, SIGKILLed after its first checkpoint (a crash or a lost machine: no chance to clean up),
+    resumed without redoing earlier stages, then run again: nothing is redone."""
     out = tmp_path / "out"
     args = ["run", "--corpus", str(beir_folder), "--out", str(out), "--mode", "fast", "--train-queries", "real"]
-    args += ["--rerank"]  # the reranker stage and the two reranked candidates too
-    assert cli.main([*args, "--epochs", "1"]) == 0  # one pass: the sized budget is tested in test_choice.py
+    args += ["--rerank", "--epochs", "2"]  # the reranker's stage and candidates too; the sized budget: test_choice.py
+    env = os.environ | {"PYTHONPATH": str(ROOT), "EMBTUNE_HOME": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "embtune_utils", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    states = [json.loads(p.read_text()) for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json")]
+    killed_at = max(s["global_step"] for s in states)
+    assert not (out / "stages" / "train.json").exists() and not (out / "metrics.json").exists()
+
+    assert cli.main(args) == 0  # the same command resumes
+    printed = capsys.readouterr().out
+    for stage in ("load", "queries", "negatives"):
+        assert f"[{stage}] done earlier, skipped" in printed, printed
+    train = json.loads((out / "stages" / "train.json").read_text())["result"]
+    assert train["resumed_from"] and "checkpoint-" in train["resumed_from"]
+    assert train["max_steps"] == states[0]["max_steps"] and train["steps"] > killed_at  # the same plan, carried on
     metrics = check_metrics(out / "metrics.json", reranked=True)
     assert (out / "reranker" / "config.json").is_file() and "bm25 + rerank" in (out / "report.md").read_text()
     served = json.loads((out / "index" / "metadata.json").read_text())["retriever"]
@@ -65,7 +89,8 @@ def test_run_on_a_beir_folder_then_rerun_skips_every_stage(beir_folder, tmp_path
     assert queries["dev_from"] == "real training queries" and queries["pairs"]["synthetic"] == 0
     assert cli.main(["search", "coronavirus", "--artifact", str(out), "-k", "2"]) == 0
     assert "top 2 of" in capsys.readouterr().out
-    assert cli.main([*args, "--epochs", "1"]) == 0  # the same command again: nothing is redone
+
+    assert cli.main(args) == 0  # the same command again: nothing is redone
     printed = capsys.readouterr().out
     assert printed.count("done earlier, skipped") == len(pipeline.STAGES), printed
 
@@ -119,33 +144,6 @@ def test_run_on_text_files_with_a_generator(tmp_path, articles, capsys, monkeypa
     assert result["pairs"]["synthetic"] > 0 and result["test_queries"] > 0
     assert cli.main(["run", "--corpus", str(docs), "--out", str(out), "--train-queries", "real"]) == 2
     assert "--train-queries real needs labelled training queries" in capsys.readouterr().err
-
-
-def test_kill_during_training_resumes_without_redoing_earlier_stages(beir_folder, tmp_path, capsys):
-    out = tmp_path / "out"
-    args = ["run", "--corpus", str(beir_folder), "--out", str(out), "--mode", "fast", "--train-queries", "real"]
-    args += ["--epochs", "4"]
-    env = os.environ | {"PYTHONPATH": str(ROOT), "EMBTUNE_HOME": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "embtune_utils", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # like a crash or a lost machine: no chance to clean up
-    proc.wait()
-    states = [json.loads(p.read_text()) for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json")]
-    killed_at = max(s["global_step"] for s in states)
-    assert not (out / "stages" / "train.json").exists() and not (out / "metrics.json").exists()
-    assert cli.main(args) == 0
-    printed = capsys.readouterr().out
-    for stage in ("load", "queries", "negatives"):
-        assert f"[{stage}] done earlier, skipped" in printed, printed
-    train = json.loads((out / "stages" / "train.json").read_text())["result"]
-    assert train["resumed_from"] and "checkpoint-" in train["resumed_from"]
-    assert train["max_steps"] == states[0]["max_steps"] and train["steps"] > killed_at  # the same plan, carried on
-    check_metrics(out / "metrics.json")
 
 
 def write_beir_files(folder: Path, corpus: list[str], queries: list[str], qrels: dict[str, str]) -> Path:

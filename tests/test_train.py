@@ -135,6 +135,19 @@ def test_ir_evaluator_names_its_metric(tiny_beir, model):
         train.ir_evaluator(tiny_beir, "nosuchsplit")
 
 
+def test_per_query_log_on_another_rank_is_empty_not_missing(tiny_beir, tmp_path, monkeypatch):
+    """Under torchrun only rank 0 writes and reads the dev rankings; the other ranks' fit() still returns a result
+    (two H200s, 2026-11-30: rank 1 failed on `dev_log.scores` after training)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("RANK", "1")
+    evaluator = train.ir_evaluator(tiny_beir, "test")
+    assert not evaluator.write_predictions
+    log = train.per_query_log(evaluator)
+    log.on_evaluate(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=2), None)
+    assert log.scores == {}
+
+
 def test_fit_evaluates_and_keeps_the_best(tiny_beir, tmp_path):
     model = models.load_model(verbose=False)
     evaluator = train.ir_evaluator(tiny_beir, "test")
