@@ -175,6 +175,21 @@ def test_time_runs_copies_and_saves_the_timings(home):
     assert set(record["notebooks"]) == {"01_x.ipynb", "02_y.ipynb"} and record["notebooks"]["02_y.ipynb"]["date"]
 
 
+def test_time_keeps_each_notebooks_time_profile(home, monkeypatch):
+    profile = {"loading": 1.0, "training": 2.0, "evaluation": 0.0, "encoding": 3.0, "other": 4.0}
+
+    def fake_run(path, mode):  # what run_notebook leaves in the copy it ran (the real one is tested above)
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata["embtune"] = {"commit": "abc", "code_sha256": [], "peak_rss_mb": 900.0, "profile": profile}
+        nbformat.write(nb, path)
+        return True, 10.0, ""
+
+    monkeypatch.setattr(course, "run_notebook", fake_run)
+    path = make_notebook(home / "01_x.ipynb", "print('timed')")
+    entry = json.loads(course.time_notebooks([path], "fast").read_text())["notebooks"]["01_x.ipynb"]
+    assert entry["profile"] == profile and entry["peak_rss_mb"] == 900.0  # benchmarks/course_time.py prints both
+
+
 def test_agendas_add_measured_run_minutes_to_the_plan(monkeypatch):
     timings = {"default": {"01_a": 61.0}, "fast": {"01_a": 10.0}}
     agenda = [("intro", None, None, 10), ("notebook", "01_a", "default", 20), ("again", "01_a", "fast", 5)]
