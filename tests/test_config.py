@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,11 @@ def test_jax_never_preallocates_the_gpu_once_the_package_is_imported():
     import embtune_utils  # noqa: F401 - importing it sets the variable
 
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+def test_the_docs_state_fast_modes_real_slice():
+    """The README and the workshop guide say how many articles fast mode keeps: the number in config, not an old one."""
+    root = Path(__file__).resolve().parents[1]
+    n = config.settings("fast").max_articles
+    assert f"a seeded {n} of the 98 articles" in (root / "README.md").read_text()
+    assert f"It uses {n} of the 98 articles" in (root / "docs" / "workshop.md").read_text()
