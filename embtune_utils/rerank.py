@@ -191,6 +191,14 @@ def course_reranker(beir: data.Beir, base: Any) -> Any:
     return load_reranker(str(path))
 
 
+def predict_logits(model: Any, texts: list[tuple[str, str]], batch_size: int) -> np.ndarray:
+    """The cross-encoder's raw scores of (question, chunk) pairs: a sigmoid (predict's default for one logit) would
+    tie confident scores at 1.0."""
+    import torch
+
+    return model.predict(texts, batch_size=batch_size, show_progress_bar=False, activation_fn=torch.nn.Identity())
+
+
 def candidate_scores(
     model: Any, runs: list[evaluate.Run], queries: dict[str, str], corpus: dict[str, dict[str, Any]], depth: int
 ) -> dict[str, dict[str, float]]:
@@ -198,11 +206,7 @@ def candidate_scores(
     pair is scored once, so every k up to `depth` and every first stage is reordered from the same scores."""
     pairs = [(qid, doc) for qid in queries for doc in dict.fromkeys(d for run in runs for d, _ in run[qid][:depth])]
     texts = [(queries[qid], corpus[doc]["text"]) for qid, doc in pairs]
-    import torch
-
-    logits = torch.nn.Identity()  # a sigmoid (predict's default here) would tie confident scores at 1.0
-    scores = model.predict(texts, batch_size=config.settings().encode_batch_size, show_progress_bar=False,
-                           activation_fn=logits)  # fmt: skip
+    scores = predict_logits(model, texts, config.settings().encode_batch_size)
     out: dict[str, dict[str, float]] = {qid: {} for qid in queries}
     for (qid, doc), score in zip(pairs, np.asarray(scores, dtype=float).tolist()):
         out[qid][doc] = score
@@ -247,13 +251,11 @@ def latency_ms(
     model: Any, run: evaluate.Run, queries: dict[str, str], corpus: dict[str, dict[str, Any]], k: int, n: int = 20
 ) -> dict[str, float]:
     """Milliseconds to rerank one question's top k (one predict call per question, n questions): p50 and p95."""
-    import torch
-
     times = []
     for qid in list(queries)[:n]:
         texts = [(queries[qid], corpus[doc]["text"]) for doc, _ in run[qid][:k]]
         started = time.perf_counter()
-        model.predict(texts, batch_size=max(k, 1), show_progress_bar=False, activation_fn=torch.nn.Identity())
+        predict_logits(model, texts, max(k, 1))
         times.append((time.perf_counter() - started) * 1000)
     return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
 

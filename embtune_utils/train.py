@@ -393,22 +393,24 @@ def per_query_log(evaluator: Any) -> Any:
     from transformers import TrainerCallback
 
     class PerQueryLog(TrainerCallback):
-        def __init__(self, file_name: str | None) -> None:
-            self.file_name = file_name  # None: a rank other than 0, which keeps an empty log
+        def __init__(self, file_name: str | None = None, qrels: dict[str, dict[str, int]] | None = None) -> None:
+            self.file_name, self.qrels = file_name, qrels  # None: a rank other than 0, which keeps an empty log
             self.scores: dict[int, dict[str, float]] = {}
 
         def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            path = Path(args.output_dir) / "eval" / (self.file_name or "")
-            if self.file_name and path.exists():
-                self.scores[state.global_step] = ranking_scores(path, qrels, max(evaluator.ndcg_at_k))
+            if self.file_name is None:
+                return
+            path = Path(args.output_dir) / "eval" / self.file_name
+            if path.exists():
+                self.scores[state.global_step] = ranking_scores(path, self.qrels, max(evaluator.ndcg_at_k))
 
     if not _is_main_process():  # the other ranks write no rankings (ir_evaluator); rank 0 keeps the log
-        return PerQueryLog(None)
+        return PerQueryLog()
     if not getattr(evaluator, "write_predictions", False):
         raise TrainError("per_query_log needs an evaluator built with write_predictions=True.")
     qrels = {qid: dict.fromkeys(rels, 1) for qid, rels in evaluator.relevant_docs.items()}
     score_name = evaluator.main_score_function.value if evaluator.main_score_function else "cosine"
-    return PerQueryLog(evaluator.predictions_file.replace(".jsonl", f"_{score_name}.jsonl"))
+    return PerQueryLog(evaluator.predictions_file.replace(".jsonl", f"_{score_name}.jsonl"), qrels)
 
 
 def stop_at(step: int) -> Any:
