@@ -11,4 +11,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # DataLoader workers on GPUs, which tokenize and never touch JAX; the warning (with its file path) is noise there.
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
+# transformers 5 draws a progress bar for every model it loads ("Loading weights") or saves ("Writing model
+# shards"); in a notebook's committed outputs those are noise. They read this flag when first imported.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 __version__ = "0.1.0"

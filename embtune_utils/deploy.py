@@ -4,6 +4,8 @@ saved search artifact (model/ + index/) that `embtune search` loads."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import json
 import logging
 import os
@@ -490,10 +492,11 @@ def onnx_config() -> str:
 
 @contextlib.contextmanager
 def quiet_export() -> Iterator[None]:
-    """Silence Python warnings and the info/warning logs of the exporting libraries inside the block."""
-    loggers = [logging.getLogger(name) for name in ("sentence_transformers", "transformers", "optimum")]
+    """Silence Python warnings, the exporter's progress lines and the info/warning logs of the libraries involved."""
+    names = ("sentence_transformers", "transformers", "torch.onnx", "torch.export", "onnxscript", "onnx_ir")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         for logger in loggers:
             logger.setLevel(logging.ERROR)
@@ -504,32 +507,88 @@ def quiet_export() -> Iterator[None]:
                 logger.setLevel(level)
 
 
+def onnx_int8_file(model_dir: Path) -> Path:
+    """Where `export_onnx_int8` writes the int8 model for this CPU: onnx/model_qint8_<cpu>.onnx in the model folder."""
+    return Path(model_dir) / "onnx" / f"model_qint8_{onnx_config()}.onnx"
+
+
+def export_onnx(model: Any, path: Path) -> Path:
+    """Export a SentenceTransformer's transformer to one fp32 ONNX file with `torch.onnx.export`: the tokenizer's
+    inputs, `last_hidden_state` first among the outputs, batch size and sequence length left dynamic."""
+    import torch
+
+    sample = dict(model.tokenizer(["a sample", "a longer sample sentence"], padding=True, return_tensors="pt"))
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with quiet_export():
+        torch.onnx.export(
+            model[0].auto_model.eval(),
+            (),
+            str(path),
+            kwargs=sample,
+            input_names=list(sample),
+            output_names=["last_hidden_state"],  # the pooler's output, if any, keeps its generated name
+            dynamic_shapes={name: {0: batch, 1: length} for name in sample},
+            dynamo=True,
+            external_data=False,  # one file, weights inside: what the artifact copies and checksums
+        )
+    return Path(path)
+
+
 def export_onnx_int8(model_dir: Path) -> Path:
     """Export a saved model to ONNX with int8 weights (dynamic quantization); returns the file, reused if present."""
-    try:
-        from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise DeployError(f"ONNX export needs optimum: `pip install 'optimum-onnx[onnxruntime]'` ({err}).") from err
-    name = onnx_config()
-    found = sorted((Path(model_dir) / "onnx").glob(f"model_*int8_{name}.onnx"))
-    if found:
-        return found[0]
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from sentence_transformers import SentenceTransformer
+
+    target = onnx_int8_file(model_dir)
+    if target.is_file():
+        return target
     if not (Path(model_dir) / "modules.json").is_file():
         raise DeployError(f"{model_dir} is not a saved sentence-transformers model: run notebook 05 first.")
-    with quiet_export():  # the exporter's tracer and "please save the fp32 export" warnings are expected here
-        try:
-            fp32 = SentenceTransformer(str(model_dir), backend="onnx", device="cpu")  # exported in memory
-        except ImportError as err:
-            raise DeployError(f"ONNX export needs optimum: `pip install 'optimum-onnx[onnxruntime]'` ({err}).") from err
-        export_dynamic_quantized_onnx_model(fp32, name, str(model_dir))
-    found = sorted((Path(model_dir) / "onnx").glob(f"model_*int8_{name}.onnx"))
-    if not found:
-        raise DeployError(f"the int8 export wrote no onnx/model_*int8_{name}.onnx under {model_dir}.")
-    return found[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fp32, tmp = target.with_name("model_fp32.onnx.tmp"), target.with_name(target.name + ".tmp")
+    try:
+        export_onnx(SentenceTransformer(str(model_dir), device="cpu"), fp32)
+        quantize_dynamic(
+            str(fp32),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=onnx_config() == "avx2",  # 7-bit weights avoid int16 overflow without VNNI (ORT's advice)
+            op_types_to_quantize=["MatMul"],  # the linear layers; embeddings and LayerNorm stay fp32
+        )
+        tmp.replace(target)  # whole or absent: never a half-written file under the final name
+    finally:
+        fp32.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+@functools.cache
+def _onnx_encoder_class() -> type:
+    """OnnxEncoder, made on first use so that importing this module does not import torch."""
+    import onnxruntime as ort
+    import torch
+
+    class OnnxEncoder(torch.nn.Module):
+        """Stands in for the transformer inside a SentenceTransformer: runs an ONNX file with ONNX Runtime on the
+        CPU, so the model's own tokenizer, pooling and normalization still apply."""
+
+        def __init__(self, path: Path, model_config: Any) -> None:
+            super().__init__()
+            self.path, self.config = Path(path), model_config
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.input_names = [node.name for node in self.session.get_inputs()]
+
+        def forward(self, **features: Any) -> dict[str, Any]:
+            feeds = {name: features[name].cpu().numpy() for name in self.input_names}
+            (hidden,) = self.session.run(["last_hidden_state"], feeds)
+            return {"last_hidden_state": torch.from_numpy(hidden)}
+
+    return OnnxEncoder
 
 
 def load_onnx(model_dir: Path, onnx_file: Path | str) -> Any:
-    """A SentenceTransformer that runs `onnx_file` (inside `model_dir`) with ONNX Runtime on the CPU."""
+    """A SentenceTransformer whose transformer is `onnx_file` (inside `model_dir`), run with ONNX Runtime."""
     from sentence_transformers import SentenceTransformer
 
     file_name = Path(onnx_file)
@@ -538,9 +597,9 @@ def load_onnx(model_dir: Path, onnx_file: Path | str) -> Any:
         raise DeployError(
             f"no ONNX file {file_name} in {model_dir}: export it with deploy.export_onnx_int8({str(model_dir)!r})."
         )
-    return SentenceTransformer(
-        str(model_dir), backend="onnx", device="cpu", model_kwargs={"file_name": file_name.as_posix()}
-    )
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    model[0].model = _onnx_encoder_class()(Path(model_dir) / file_name, model[0].model.config)  # torch weights go
+    return model
 
 
 # ---------------------------------------------------------------- the deployable artifact

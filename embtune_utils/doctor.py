@@ -8,14 +8,15 @@ import platform
 import shutil
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 
-from embtune_utils import config, models
+from packaging.version import Version
+
+from embtune_utils import config, models, versions
 
 # What a full `make course` in default mode needs here (2-core CPU, measured): the .venv with the teacher model is
 # 2.6 GB, artifacts/ 1.9 GB; training peaks at +3.8 GB resident memory (notebook 05) over a ~2 GB kernel.
 NEEDS = {"python": (3, 11), "ram_gb": 8.0, "disk_gb": 5.0}
-PINNED = {"sentence-transformers": "5.7.0", "transformers": "4.57.6"}  # as in pyproject.toml
+PINNED = {"sentence-transformers": "6.2.0", "transformers": "5.23.0", "datasets": "5.2.0"}  # as in pyproject.toml
 
 
 @dataclass
@@ -26,13 +27,6 @@ class Check:
     status: str  # "ok", "warn" (a notebook degrades or skips) or "fail" (the course cannot run)
     found: str
     fix: str = ""
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def python_check() -> Check:
@@ -46,20 +40,17 @@ def python_check() -> Check:
 
 
 def package_checks() -> list[Check]:
-    """torch, and the pinned sentence-transformers and transformers."""
+    """torch and the pinned packages: below its safe floor fails (with the advisory), older than the pin warns."""
     out = []
-    torch_version = _version("torch")
-    if torch_version is None:
-        out.append(
-            Check("torch", "fail", "not installed", "run `make setup` (CPU) or `make setup TORCH_SPEC=torch` (GPU)")
-        )
-    else:
-        out.append(Check("torch", "ok", torch_version))
-    for package, pin in PINNED.items():
-        found = _version(package)
+    for package in ("torch", *PINNED):
+        found = versions.installed(package)
         if found is None:
-            out.append(Check(package, "fail", "not installed", "run `make setup` (or `pip install -e .`)"))
-        elif found != pin:
+            fix = "run `make setup` (CPU) or `make setup TORCH_SPEC=torch` (GPU)" if package == "torch" else ""
+            out.append(Check(package, "fail", "not installed", fix or "run `make setup` (or `pip install -e .`)"))
+        elif problems := versions.below_floor({package: found}):
+            out.append(Check(package, "fail", f"{found}, below its safe floor", problems[0]))
+        elif package in PINNED and Version(found) < Version(PINNED[package]):
+            pin = PINNED[package]
             out.append(
                 Check(package, "warn", found, f"the course is tested with {pin}: `pip install {package}=={pin}`")
             )

@@ -130,7 +130,7 @@ def training_args(output_dir: Path, **overrides: Any) -> Any:
         "per_device_train_batch_size": config.settings().rerank_batch_size,
         "learning_rate": config.settings().rerank_learning_rate,
         "num_train_epochs": config.settings().rerank_epochs,
-        "warmup_ratio": 0.1,
+        "warmup_steps": 0.1,  # a float below 1 is a fraction of the steps (transformers 5)
         **plumbing_args(),
     }
     return CrossEncoderTrainingArguments(**(values | overrides))

@@ -172,7 +172,7 @@ def training_args(output_dir: Path, batch_size: int = 32, learning_rate: float =
         "per_device_train_batch_size": batch_size,
         "learning_rate": learning_rate,
         "num_train_epochs": 1,
-        "warmup_ratio": 0.1,
+        "warmup_steps": 0.1,  # a float below 1 is a fraction of the steps (transformers 5)
         "lr_scheduler_type": "linear",
         "batch_sampler": BatchSamplers.NO_DUPLICATES,
         "save_strategy": "no",
@@ -600,7 +600,7 @@ def course_rows(beir: data.Beir, model: Any, source: str = "both", hard_negative
     return training_pairs(beir, model, source)
 
 
-RUN_KEYS = ("per_device_train_batch_size", "learning_rate", "num_train_epochs", "max_steps", "warmup_ratio")
+RUN_KEYS = ("per_device_train_batch_size", "learning_rate", "num_train_epochs", "max_steps", "warmup_steps")
 RUN_KEYS += ("eval_steps", "seed", "bf16", "fp16")  # what makes a checkpoint belong to this run
 
 

@@ -20,7 +20,8 @@ COLAB = (  # the course notebooks' guarded install cell: it acts on Colab only
     "import sys\n\n"
     'if "google.colab" in sys.modules:  # only on Colab: fetch the course and install its helper package\n'
     "    ![ -d /content/embtune ] || git clone --depth 1 https://github.com/embtune/embtune.git /content/embtune\n"
-    '    %pip install --quiet -e "/content/embtune[offline]"\n'
+    "    %pip install --quiet --no-deps -e /content/embtune\n"
+    "    %pip install --quiet -r /content/embtune/notebooks/colab-requirements.txt  # floors: never a downgrade\n"
     '    sys.path.insert(0, "/content/embtune")\n'
     "    %cd /content/embtune/notebooks"
 )

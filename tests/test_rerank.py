@@ -109,8 +109,8 @@ def test_notebook_recipe_is_the_package_recipe():
     for key, value in rerank.MINING.items():
         assert f"{key}={json.dumps(value)}" in recipe, f"notebook 06b mines with a different {key} than rerank.MINING"
     expected = ["learning_rate=settings.rerank_learning_rate", "num_negatives=rerank.IN_BATCH_NEGATIVES"]
-    expected += ["warmup_ratio=0.1", "num_train_epochs=settings.rerank_epochs", "range_min=0", "use_faiss=True"]
+    expected += ["warmup_steps=0.1", "num_train_epochs=settings.rerank_epochs", "range_min=0", "use_faiss=True"]
     expected += ["per_device_train_batch_size=settings.rerank_batch_size", "**rerank.plumbing_args()"]
     for text in expected:
         assert text in recipe, f"notebook 06b's recipe lacks {text}"
-    assert rerank.mining_args()["range_min"] == 0 and rerank.training_args(Path("x")).warmup_ratio == 0.1
+    assert rerank.mining_args()["range_min"] == 0 and rerank.training_args(Path("x")).warmup_steps == 0.1

@@ -1,0 +1,84 @@
+"""Each notebook's results on two stacks, from the results files the course runner wrote: the headline of each
+notebook and every numeric result that moved, old (a git revision's results/<mode>/) against new (the working tree).
+
+Usage: `.venv/bin/python benchmarks/compare_stacks.py OLD_REVISION [--mode default]` prints a markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from typing import Any
+
+from embtune_utils import config
+
+SKIP = ("date", "machine", "seconds", "_s", "peak", "wall", "time", "per_s", "ms", "latency", "bytes_per")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a results file as dotted key -> value (lists by position)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def timing(key: str) -> bool:
+    """Keys that hold time, speed or memory: machine-dependent, left out of the comparison."""
+    return any(part in key.lower() for part in SKIP)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def old_results(revision: str, mode: str) -> dict[str, dict]:
+    """The results files of `revision`, by file name."""
+    folder = f"results/{mode}"
+    names = [n for n in _git("ls-tree", "--name-only", f"{revision}:{folder}").split() if n.endswith(".json")]
+    return {name: json.loads(_git("show", f"{revision}:{folder}/{name}")) for name in names}
+
+
+def describe(results: dict) -> str:
+    """A results file's headline and the stack that wrote it."""
+    machine = results.get("machine", {})
+    stack = f"transformers {machine.get('transformers')}, sentence-transformers {machine.get('sentence-transformers')}"
+    return f"{results.get('results', {}).get('headline', '')} ({stack})"
+
+
+def report(revision: str, mode: str) -> str:
+    """The markdown report: a headline table, then per notebook the numeric results that moved."""
+    old = old_results(revision, mode)
+    new = {p.name: json.loads(p.read_text()) for p in sorted(config.results_dir(mode).glob("*.json"))}
+    lines = ["| results file | old stack | new stack |", "|---|---|---|"]
+    for name in sorted(old):
+        lines.append(f"| {name} | {describe(old[name])} | {describe(new[name]) if name in new else '(not written)'} |")
+    lines.append("")
+    for name in sorted(set(old) & set(new)):
+        a, b = flatten(old[name].get("results", {})), flatten(new[name].get("results", {}))
+        numeric = [
+            k
+            for k in sorted(set(a) & set(b))
+            if not timing(k) and isinstance(a[k], float | int) and not isinstance(a[k], bool)
+        ]
+        moved = [k for k in numeric if isinstance(b[k], float | int) and abs(float(a[k]) - float(b[k])) > 1e-6]
+        lines.append(f"**{name}**: {len(numeric) - len(moved)} of {len(numeric)} numeric results equal (to 1e-6)")
+        lines += [f"- `{k}`: {a[k]:.4g} → {b[k]:.4g} ({float(b[k]) - float(a[k]):+.4g})" for k in moved[:40]]
+        if len(moved) > 40:
+            lines.append(f"- … and {len(moved) - 40} more")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("revision")
+    parser.add_argument("--mode", default="default")
+    args = parser.parse_args()
+    print(report(args.revision, args.mode))
+
+
+if __name__ == "__main__":
+    main()
