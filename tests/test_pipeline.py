@@ -82,7 +82,9 @@ def test_run_on_a_beir_folder_killed_mid_training_resumes_then_rerun_skips_every
     assert (served["rerank"] is not None) == (metrics["chosen"] in pipeline.RERANKED)  # the artifact serves the choice
     assert metrics["n_test_queries"] == len(tiny_beir.qrels["test"])
     report = (out / "report.md").read_text()
-    assert "labelled (qrels/test.tsv)" in report and "| finetuned |" in report and (out / "ndcg.png").is_file()
+    finetuned_row = {"| finetuned |", "| **finetuned** (chosen) |"}  # the chosen row is bold
+    assert "labelled (qrels/test.tsv)" in report and (out / "ndcg.png").is_file()
+    assert any(line.startswith(tuple(finetuned_row)) for line in report.splitlines()), report
     run = json.loads((out / "run.json").read_text())
     assert list(run["stages"]) == list(pipeline.STAGES) and run["config"]["train_queries"] == "real"
     queries = json.loads((out / "stages" / "queries.json").read_text())["result"]
