@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 from typing import Any
 
 from embtune_utils import config
 
-SKIP = ("date", "machine", "seconds", "_s", "peak", "wall", "time", "per_s", "ms", "latency", "bytes_per")
+TIMING = {"date", "machine", "seconds", "s", "ms", "peak", "mb", "wall", "time", "latency", "memory", "rss"}
+ESTIMATE = re.compile(r"(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]")
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -27,7 +29,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def timing(key: str) -> bool:
     """Keys that hold time, speed or memory: machine-dependent, left out of the comparison."""
-    return any(part in key.lower() for part in SKIP)
+    return any(token in TIMING for token in re.split(r"[^a-z0-9]+", key.lower()))
 
 
 def _git(*args: str) -> str:
@@ -48,13 +50,32 @@ def describe(results: dict) -> str:
     return f"{results.get('results', {}).get('headline', '')} ({stack})"
 
 
+def estimate(headline: str) -> tuple[float, float, float] | None:
+    """The first "value [lo, hi]" a headline quotes."""
+    match = ESTIMATE.search(headline or "")
+    return tuple(float(g) for g in match.groups()) if match else None  # type: ignore[return-value]
+
+
+def beyond(old: str, new: str) -> str:
+    """Whether the new headline's estimate lies outside the old one's 95% interval."""
+    a, b = estimate(old), estimate(new)
+    if a is None or b is None:
+        return "(no interval)"
+    return f"yes ({b[0] - a[0]:+.3f})" if not a[1] <= b[0] <= a[2] else f"no ({b[0] - a[0]:+.3f})"
+
+
 def report(revision: str, mode: str) -> str:
     """The markdown report: a headline table, then per notebook the numeric results that moved."""
     old = old_results(revision, mode)
     new = {p.name: json.loads(p.read_text()) for p in sorted(config.results_dir(mode).glob("*.json"))}
-    lines = ["| results file | old stack | new stack |", "|---|---|---|"]
+    lines = ["| results file | old stack | new stack | new outside old 95% CI? |", "|---|---|---|---|"]
     for name in sorted(old):
-        lines.append(f"| {name} | {describe(old[name])} | {describe(new[name]) if name in new else '(not written)'} |")
+        if name not in new:
+            lines.append(f"| {name} | {describe(old[name])} | (not written) | |")
+            continue
+        headlines = [files[name].get("results", {}).get("headline", "") for files in (old, new)]
+        moved = beyond(*headlines)
+        lines.append(f"| {name} | {describe(old[name])} | {describe(new[name])} | {moved} |")
     lines.append("")
     for name in sorted(set(old) & set(new)):
         a, b = flatten(old[name].get("results", {})), flatten(new[name].get("results", {}))

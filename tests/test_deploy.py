@@ -222,7 +222,7 @@ def test_cli_search_prints_hits_and_user_errors_exit_2(tmp_path, saved_model, ca
     assert cli.main(["search", "x", "-k", "0", "--artifact", str(folder)]) == 2
 
 
-def test_onnx_int8_export_loads_by_file_name_and_keeps_the_embeddings(tmp_path, saved_model):
+def test_onnx_int8_export_loads_by_file_name_keeps_the_embeddings_and_serves_search(tmp_path, saved_model, capsys):
     folder = tmp_path / "m"
     shutil.copytree(saved_model, folder)
     onnx_file = deploy.export_onnx_int8(folder)
@@ -234,6 +234,12 @@ def test_onnx_int8_export_loads_by_file_name_and_keeps_the_embeddings(tmp_path, 
     cos = np.sum(evaluate.encode(onnx_model, texts) * evaluate.encode(torch_model, texts), axis=1)
     assert cos.min() > 0.95
     assert evaluate.model_fingerprint(onnx_model) != evaluate.model_fingerprint(torch_model)
+    index = deploy.build_index(evaluate.encode(onnx_model, texts), "int8", rescore=True)
+    artifact = deploy.save_artifact(tmp_path / "a", folder, onnx_file, CORPUS, index, {}, {})  # ONNX-encoder artifact
+    served = deploy.load_artifact(artifact)
+    assert type(served.model[0].model).__name__ == "OnnxEncoder" and served.metadata["onnx_file"].startswith("onnx/")
+    assert cli.main(["search", "Which animals carry coronaviruses?", "-k", "2", "--artifact", str(artifact)]) == 0
+    assert "[d3] Article 3" in capsys.readouterr().out.splitlines()[1]  # the same top hit as the torch artifact's
     with pytest.raises(deploy.DeployError, match="export it with"):
         deploy.load_onnx(folder, "onnx/model_wrong_name.onnx")
     with pytest.raises(deploy.DeployError, match="run notebook 05 first"):
