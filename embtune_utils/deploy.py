@@ -493,7 +493,8 @@ def onnx_config() -> str:
 @contextlib.contextmanager
 def quiet_export() -> Iterator[None]:
     """Silence Python warnings, the exporter's progress lines and the info/warning logs of the libraries involved."""
-    names = ("sentence_transformers", "transformers", "torch.onnx", "torch.export", "onnxscript", "onnx_ir")
+    names = ("sentence_transformers", "transformers", "torch.onnx", "torch.export", "onnxscript", "onnx_ir", "")
+    # "": the root logger, where onnxruntime's quantizer logs its advice to pre-process the model first
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -548,14 +549,15 @@ def export_onnx_int8(model_dir: Path) -> Path:
     fp32, tmp = target.with_name("model_fp32.onnx.tmp"), target.with_name(target.name + ".tmp")
     try:
         export_onnx(SentenceTransformer(str(model_dir), device="cpu"), fp32)
-        quantize_dynamic(
-            str(fp32),
-            str(tmp),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=onnx_config() == "avx2",  # 7-bit weights avoid int16 overflow without VNNI (ORT's advice)
-            op_types_to_quantize=["MatMul"],  # the linear layers; embeddings and LayerNorm stay fp32
-        )
+        with quiet_export():
+            quantize_dynamic(
+                str(fp32),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=onnx_config() == "avx2",  # 7-bit weights avoid int16 overflow without VNNI (ORT's advice)
+                op_types_to_quantize=["MatMul"],  # the linear layers; embeddings and LayerNorm stay fp32
+            )
         tmp.replace(target)  # whole or absent: never a half-written file under the final name
     finally:
         fp32.unlink(missing_ok=True)
