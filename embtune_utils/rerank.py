@@ -39,8 +39,11 @@ def load_reranker(name: str = config.BASE_MODEL, max_length: int | None = None, 
     if not is_cross_encoder(Path(path)):  # a trained reranker keeps the max_length it was saved with
         max_length = max_length or config.settings().rerank_max_length
     config_kwargs = {"attention_probs_dropout_prob": models.ATTENTION_DROPOUT}
-    # "Some weights ... newly initialized" (said in the notebook instead) and a tensor-parallel note about every layer
-    loggers = [logging.getLogger(f"transformers.{n}") for n in ("modeling_utils", "integrations.tensor_parallel")]
+    # "Some weights ... newly initialized" (said in the notebook instead), a tensor-parallel note about every layer,
+    # and sentence-transformers 6's "Converting SentenceTransformer model <absolute path> to CrossEncoder"
+    names = ("modeling_utils", "integrations.tensor_parallel")
+    names = tuple(f"transformers.{n}" for n in names) + ("sentence_transformers.base.model",)
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
