@@ -16,7 +16,7 @@ from embtune_utils import config, models, versions
 # What a full `make course` in default mode needs here (2-core CPU, measured): the .venv with the teacher model is
 # 2.6 GB, artifacts/ 1.9 GB; training peaks at +3.8 GB resident memory (notebook 05) over a ~2 GB kernel.
 NEEDS = {"python": (3, 11), "ram_gb": 8.0, "disk_gb": 5.0}
-PINNED = {"sentence-transformers": "6.2.0", "transformers": "5.23.0", "datasets": "5.2.0"}  # as in pyproject.toml
+PINNED = {"sentence-transformers": "6.3.0", "transformers": "5.25.0", "datasets": "5.2.0"}  # as in pyproject.toml
 
 
 @dataclass

@@ -10,7 +10,7 @@ from importlib import metadata
 
 from packaging.version import Version
 
-CHECKED = "2026-12-02"  # when the advisories below were last read
+CHECKED = "2026-12-08"  # when the advisories below were last read
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,12 @@ FLOORS = (
     ),
     Floor(
         "torch",
-        "2.6.0",
-        "CVE-2025-32434 (critical: torch.load(weights_only=True) can still run code; fixed in 2.6.0)",
+        "2.10.0",
+        "CVE-2025-32434 (critical: torch.load(weights_only=True) can still run code; fixed in 2.6.0) and "
+        "CVE-2026-24747 (GHSA-63cw-57p8-fm3p, high: a crafted checkpoint corrupts memory in the weights_only "
+        "unpickler; fixed in 2.10.0)",
     ),
-    Floor("sentence-transformers", "6.2.0", f"no known advisory as of {CHECKED}; the release the course teaches"),
+    Floor("sentence-transformers", "6.3.0", f"no known advisory as of {CHECKED}; the release the course teaches"),
     Floor("datasets", "5.2.0", f"no known advisory as of {CHECKED}; the release the course teaches"),
     Floor("openai", "1.40.0", f"no known advisory as of {CHECKED}; the oldest client the course is written for"),
 )

@@ -49,9 +49,9 @@ def test_versions_below_the_safe_floor_fail_with_the_advisory_and_older_than_the
     checks = {c.name: c for c in doctor.package_checks()}
     assert checks["transformers"].status == "fail" and "CVE-2026-4372" in checks["transformers"].fix
     assert "CVE-2026-9856" in checks["transformers"].fix and "transformers>=5.10.0" in checks["transformers"].fix
-    assert checks["sentence-transformers"].status == "fail" and "6.2.0" in checks["sentence-transformers"].fix
+    assert checks["sentence-transformers"].status == "fail" and "6.3.0" in checks["sentence-transformers"].fix
     assert checks["torch"].status == "ok" and checks["datasets"].status == "ok"  # newer than the pin: fine
     assert "FAIL  transformers" in doctor.report(list(checks.values()))
     monkeypatch.setattr(versions, "installed", (found | {"transformers": "5.12.0"}).get)  # safe, but older than the pin
     checks = {c.name: c for c in doctor.package_checks()}
-    assert checks["transformers"].status == "warn" and "transformers==5.23.0" in checks["transformers"].fix
+    assert checks["transformers"].status == "warn" and "transformers==5.25.0" in checks["transformers"].fix

@@ -60,3 +60,9 @@ def test_the_old_pins_fail_naming_both_advisories_and_the_fix():
     problems = versions.below_floor(old)
     assert [p.split()[0] for p in problems] == ["transformers", "sentence-transformers", "datasets"]
     assert "CVE-2026-4372" in problems[0] and "CVE-2026-9856" in problems[0] and ">=5.10.0" in problems[0]
+
+
+def test_a_torch_whose_weights_only_unpickler_corrupts_memory_fails():
+    problems = versions.below_floor({"torch": "2.9.1"})
+    assert len(problems) == 1 and "CVE-2026-24747" in problems[0] and "'torch>=2.10.0'" in problems[0]
+    assert versions.below_floor({"torch": "2.10.0"}) == []

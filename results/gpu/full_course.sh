@@ -25,7 +25,7 @@
 #   check                     pre-flight: recv, imports, describe(), resolve_model(), a kernel through nbclient and
 #                             MNRL steps under the T4 cap in fp16 (random MiniLM weights of the real shape when the
 #                             real ones have not all arrived)
-# The Python packages are the CPU course's pins (pyproject: sentence-transformers 6.2.0, transformers 5.23.0), not the
+# The Python packages are the CPU course's pins (pyproject: sentence-transformers 6.3.0, transformers 5.25.0), not the
 # machine's own older 6.0 / 5.17; torch is the machine's own CUDA build. Notebook 08's teacher (all-mpnet-base-v2, 404 MB) does not travel:
 # 08 prints "Skipping distillation" and runs its other sections.
 set -euo pipefail
@@ -37,13 +37,13 @@ export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false USE_JAX=0 USE_FLAX=
 COURSE=/tmp/course
 HERE=$(cd "$(dirname "$0")" && pwd)
 WHEELS=(  # the pins of pyproject.toml and what they need that the machine lacks or has in another version
-  sentence-transformers==6.2.0 transformers==5.23.0 huggingface_hub==2.4.0 click==8.5.1 hf-xet==1.8.0
+  sentence-transformers==6.3.0 transformers==5.25.0 huggingface_hub==2.4.0 click==8.5.1 hf-xet==1.8.0
   tokenizers==0.23.3 safetensors==0.8.0 regex==2026.11.19 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-  fsspec==2026.9.0 pyarrow==26.0.1 faiss-cpu==1.15.1 bm25s==0.3.16 PyStemmer==3.1.0 psutil==7.2.2 accelerate==1.15.0
+  fsspec==2026.9.0 pyarrow==26.0.1 faiss-cpu==1.15.1 bm25s==0.3.16 PyStemmer==3.1.0 psutil==7.2.2 accelerate==1.16.0
   openai==3.57.0 httpx2==2.16.2 httpcore2==2.16.2 jiter==0.19.0 pydantic==2.14.4 pydantic_core==2.50.5
   annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0 sniffio==1.3.1 anyio==4.16.0
   onnx==1.23.2 onnx-ir==1.1.0 onnxscript==0.7.2 onnxruntime==1.32.0 ml_dtypes==0.7.0 protobuf==7.36.2
-  peft==0.21.2 gguf==0.19.0 packaging==26.4 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.0
+  peft==0.22.0 kernels==0.19.1 tomlkit==0.15.3 gguf==0.19.0 packaging==26.4 nbclient==0.11.0 nbformat==5.11.1 ipykernel==7.4.0
   ipython==9.18.1 ipython_pygments_lexers==1.1.1 jupyter_client==8.10.0 jupyter_core==5.9.1 traitlets==5.16.1
   pyzmq==27.3.0 tornado==6.6.1 comm==0.2.3 debugpy==1.8.22 matplotlib-inline==0.2.2 nest-asyncio2==1.7.4
   jedi==0.20.1 parso==0.8.7 prompt_toolkit==3.0.53 wcwidth==0.9.4 pexpect==4.9.0 ptyprocess==0.7.0 stack-data==0.6.3
