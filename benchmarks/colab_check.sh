@@ -46,15 +46,19 @@ source, work = sys.argv[1], sys.argv[2]
 cell = nbformat.read(source, as_version=4).cells[1].source
 assert 'if "google.colab" in sys.modules' in cell, "cell 1 of notebook 01 is not the Colab cell"
 cell = cell.replace("https://github.com/embtune/embtune.git", f"file://{work}/repo").replace("/content/", f"{work}/content/")
-stub = "import sys, types\nsys.modules['google'] = types.ModuleType('google')\n"
-stub += "sys.modules['google.colab'] = types.ModuleType('google.colab')"
+stub = """import importlib.machinery, sys, types
+for name in ("google", "google.colab"):  # with a __spec__, as find_spec (accelerate, transformers) expects
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__spec__ = importlib.machinery.ModuleSpec(name, None)"""
 check = "import torch, transformers, sentence_transformers, embtune_utils\n"
 check += "print('in the kernel:', torch.__version__, transformers.__version__, sentence_transformers.__version__)"
 nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in (stub, cell, check)])
-NotebookClient(nb, kernel_name="python3", timeout=1200).execute()
+NotebookClient(nb, kernel_name="python3", timeout=1200, allow_errors=True).execute()
+errors = [f"{out.ename}: {out.evalue}" for c in nb.cells for out in c.outputs if out.output_type == "error"]
 for c in nb.cells[1:]:
     for out in c.outputs:
         print(out.get("text", "").rstrip()[-1500:])
+sys.exit(f"the kernel raised {errors}" if errors else 0)
 PY
   )
   echo "Colab cell: $((SECONDS - start)) s"
