@@ -1,7 +1,8 @@
 """Each notebook's results on two stacks, from the results files the course runner wrote: the headline of each
 notebook and every numeric result that moved, old (a git revision's results/<mode>/) against new (the working tree).
 
-Usage: `.venv/bin/python benchmarks/compare_stacks.py OLD_REVISION [--mode default]` prints a markdown report.
+Usage: `.venv/bin/python benchmarks/compare_stacks.py OLD_REVISION [--mode default]` prints a markdown report;
+`--times` prints each notebook's recorded wall time and profile on both stacks instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from embtune_utils import config
 
+PROFILE = ("encoding", "training", "evaluation")
 TIMING = {"date", "machine", "seconds", "s", "ms", "peak", "mb", "wall", "time", "latency", "memory", "rss"}
 ESTIMATE = re.compile(r"(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]")
 
@@ -93,12 +95,42 @@ def report(revision: str, mode: str) -> str:
     return "\n".join(lines)
 
 
+def recorded_runs(revision: str | None) -> dict[str, dict]:
+    """Each course notebook's run metadata (wall time, profile, peak memory) at `revision`, or in the working tree."""
+    root = config.repo_root()
+    paths = sorted(p.relative_to(root) for p in (root / "notebooks").glob("0*.ipynb"))
+    texts = {p.name: _git("show", f"{revision}:{p}") if revision else (root / p).read_text() for p in paths}
+    return {name: json.loads(text)["metadata"].get("embtune", {}) for name, text in texts.items()}
+
+
+def times_table(revision: str) -> str:
+    """Per notebook: wall time and where it went (encoding, training, evaluation) on the old and the new stack."""
+    old, new = recorded_runs(revision), recorded_runs(None)
+    lines = [
+        "| notebook | old wall s | new wall s | new/old | encoding s old → new | training s old → new "
+        "| evaluation s old → new | peak MB old → new |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(old):
+        a, b = old[name], new.get(name, {})
+        if not a.get("wall_s") or not b.get("wall_s"):
+            continue
+        cells = [f"{a.get('profile', {}).get(k, 0):.0f} → {b.get('profile', {}).get(k, 0):.0f}" for k in PROFILE]
+        peaks = f"{a.get('peak_rss_mb', 0):,.0f} → {b.get('peak_rss_mb', 0):,.0f}"
+        walls = f"{a['wall_s']:.0f} | {b['wall_s']:.0f} | {b['wall_s'] / a['wall_s']:.2f}"
+        lines.append(f"| {name} | {walls} | {' | '.join(cells)} | {peaks} |")
+    total = [sum(r.get("wall_s", 0) for r in runs.values()) for runs in (old, new)]
+    lines.append(f"| all | {total[0]:.0f} | {total[1]:.0f} | {total[1] / total[0]:.2f} | | | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revision")
     parser.add_argument("--mode", default="default")
+    parser.add_argument("--times", action="store_true", help="per-notebook times from the notebooks' metadata instead")
     args = parser.parse_args()
-    print(report(args.revision, args.mode))
+    print(times_table(args.revision) if args.times else report(args.revision, args.mode))
 
 
 if __name__ == "__main__":
